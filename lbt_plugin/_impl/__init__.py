@@ -1,0 +1,1 @@
+"""Private implementation of lbt-plugin. Nothing here is public API."""

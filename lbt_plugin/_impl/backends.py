@@ -1,0 +1,192 @@
+"""The two ways of running K differentiable optimizer steps of a module.
+
+A backend owns the unrolled parameters ``theta_t`` (and copies of the module's
+buffers), takes differentiable steps on a loss, and calls any method of the
+module, or of one of its submodules, with ``theta_t`` in place of the module's
+own parameters. Both backends use the same update rules (:mod:`.rules`), so
+they compute the same numbers; they differ in how the module is made functional.
+
+- ``HigherBackend`` uses ``higher.monkeypatch`` and ``higher``'s differentiable
+  optimizer machinery, with our rules registered for ``torch.optim`` classes.
+  ``higher`` rebinds fast weights only inside ``forward``; a direct call of
+  another method (``log_prob``) or of a submodule silently reads stale weights.
+  :meth:`HigherBackend.call` rebinds all fast weights before every call.
+- ``FuncBackend`` uses ``torch.func.functional_call`` and plain autograd.
+"""
+from __future__ import annotations
+
+import collections
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import higher
+import higher.optim
+import higher.patch
+import torch
+from torch import Tensor, nn
+
+from . import rules
+
+
+def optimizer_index(module: nn.Module, optimizer: torch.optim.Optimizer) -> List[List[int]]:
+    """For each param group, the positions of its parameters in ``module.parameters()``.
+
+    Raises ``ValueError`` when the optimizer holds a tensor that is not one of the
+    module's parameters (a common mistake: an optimizer built for another model).
+    """
+    position = {id(p): i for i, p in enumerate(module.parameters())}
+    index: List[List[int]] = []
+    for g, group in enumerate(optimizer.param_groups):
+        ids = []
+        for p in group["params"]:
+            if id(p) not in position:
+                raise ValueError(
+                    f"the optimizer's param group {g} holds a tensor of shape {tuple(p.shape)} that is not a "
+                    f"parameter of {type(module).__name__}; build the optimizer over this module's parameters()."
+                )
+            ids.append(position[id(p)])
+        index.append(ids)
+    return index
+
+
+class FuncBackend:
+    """Unroll with ``torch.func.functional_call`` and ``torch.autograd.grad``."""
+
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, index: List[List[int]]):
+        self.module = module
+        self.rule = rules.rule_for(optimizer)
+        self.groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        self.index = index
+        named = list(module.named_parameters())
+        self.names = [n for n, _ in named]
+        self.params: List[Tensor] = [p.detach().clone().requires_grad_(p.requires_grad) for _, p in named]
+        self.buffers: Dict[str, Tensor] = {n: b.detach().clone() for n, b in module.named_buffers()}
+        self.state = {
+            i: rules.copy_state(optimizer, p)
+            for group, ids in zip(optimizer.param_groups, index)
+            for i, p in zip(ids, group["params"])
+        }
+        self._caller = _MethodCaller(module)
+
+    def call(self, path: str, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        mapping = {"m." + n: p for n, p in zip(self.names, self.params)}
+        mapping.update({"m." + n: b for n, b in self.buffers.items()})
+        return torch.func.functional_call(self._caller, mapping, (path, name, args, kwargs))
+
+    def step(self, loss: Tensor) -> None:
+        trainable = [i for i, p in enumerate(self.params) if p.requires_grad]
+        grads = torch.autograd.grad(
+            loss, [self.params[i] for i in trainable], create_graph=True, allow_unused=True
+        )
+        grad_of = dict(zip(trainable, grads))
+        for group, ids in zip(self.groups, self.index):
+            for i in ids:
+                g = grad_of.get(i)
+                if g is not None:
+                    self.params[i] = self.rule(group, self.params[i], g, self.state[i])
+
+
+class _MethodCaller(nn.Module):
+    """Lets ``functional_call`` (which calls ``forward``) reach any method of any submodule."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.m = module
+
+    def forward(self, path: str, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        target = self.m.get_submodule(path)
+        return target(*args, **kwargs) if name == "forward" else getattr(target, name)(*args, **kwargs)
+
+
+class _RuleOptimizer(higher.optim.DifferentiableOptimizer):
+    """A ``higher`` differentiable optimizer whose update is one of :mod:`.rules`.
+
+    Registered with ``higher`` for ``torch.optim.SGD``, ``Adam``, ``AdamW`` and
+    ``RMSprop`` on import, replacing ``higher``'s own versions (its Adam places
+    eps differently from ``torch.optim.Adam``, ignores ``maximize`` and newer
+    flags, and has no AdamW). The constructor copies the optimizer's state without
+    deep-copying its parameters, which ``higher``'s base class does.
+    """
+
+    rule: rules.Rule
+
+    def __init__(
+        self,
+        other: torch.optim.Optimizer,
+        reference_params: Sequence[Tensor],
+        fmodel: Optional[higher.patch._MonkeyPatchBase] = None,
+        device: Optional[torch.device] = None,
+        override: Optional[dict] = None,
+        grad_callback: Any = None,
+        track_higher_grads: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        position = {id(p): i for i, p in enumerate(reference_params)}
+        self.param_groups = []
+        self._group_to_param_list = []
+        self.state = [collections.defaultdict(dict) for _ in other.param_groups]
+        for g, group in enumerate(other.param_groups):
+            copy = {k: v for k, v in group.items() if k != "params"}
+            copy["params"] = [None] * len(group["params"])
+            self.param_groups.append(copy)
+            mapping = []
+            for j, p in enumerate(group["params"]):
+                if id(p) not in position:
+                    raise ValueError(f"parameter of shape {tuple(p.shape)} is not among the reference parameters")
+                mapping.append(position[id(p)])
+                state = rules.copy_state(other, p)
+                if device is not None:
+                    state = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in state.items()}
+                if state:
+                    self.state[g][j] = state
+            self._group_to_param_list.append(mapping)
+        if override is not None:
+            self._apply_override(override)
+        self._grad_callback = grad_callback
+        self._fmodel = fmodel
+        self._track_higher_grads = track_higher_grads
+
+    def _update(self, grouped_grads: List[List[Optional[Tensor]]], **kwargs: Any) -> None:
+        rule = type(self).rule
+        for g, (group, grads) in enumerate(zip(self.param_groups, grouped_grads)):
+            for j, (p, grad) in enumerate(zip(group["params"], grads)):
+                if grad is not None:
+                    group["params"][j] = rule(group, p, grad, self.state[g][j])
+
+
+def _register_with_higher() -> None:
+    for optim_type, rule in rules.RULES.items():
+        cls = type(f"Differentiable{optim_type.__name__}", (_RuleOptimizer,), {"rule": staticmethod(rule)})
+        higher.optim.register_optim(optim_type, cls)
+
+
+_register_with_higher()
+
+
+class HigherBackend:
+    """Unroll with ``higher.monkeypatch`` and ``higher.optim.get_diff_optim``."""
+
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, index: List[List[int]]):
+        rules.rule_for(optimizer)  # the same clear errors as the func backend
+        # track_higher_grads=False on the *module* only keeps one list of fast weights
+        # instead of appending one per rebinding; the optimizer still builds the graph.
+        self.fmodel = higher.patch.monkeypatch(module, copy_initial_weights=True, track_higher_grads=False)
+        self.diffopt = higher.optim.get_diff_optim(
+            optimizer, list(module.parameters()), fmodel=self.fmodel, track_higher_grads=True
+        )
+
+    @property
+    def params(self) -> List[Tensor]:
+        return list(self.fmodel.fast_params)
+
+    def call(self, path: str, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        fmodel = self.fmodel
+        fmodel.update_params(fmodel.fast_params)  # every patched submodule's attributes <- theta_t
+        fmodel._refill_params_box(None)  # direct submodule calls read theta_t, not a stale box
+        target = fmodel.get_submodule(path)
+        return target(*args, **kwargs) if name == "forward" else getattr(target, name)(*args, **kwargs)
+
+    def step(self, loss: Tensor) -> None:
+        self.diffopt.step(loss)
+
+
+BACKENDS = {"higher": HigherBackend, "func": FuncBackend}

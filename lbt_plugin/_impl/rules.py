@@ -1,0 +1,184 @@
+"""Differentiable update rules that reproduce ``torch.optim`` step for step.
+
+Each rule takes one parameter tensor ``p``, its gradient ``g``, the optimizer's
+hyper-parameters for its group and a per-parameter ``state`` dict, and returns
+the updated parameter *out of place*, so that autograd records the update and
+``theta_K`` stays a differentiable function of everything the gradients came
+from. The rules mirror the single-tensor code paths of ``torch.optim`` (PyTorch
+2.x) operation for operation (``lerp``, ``addcmul``, ``addcdiv`` in the same
+order), so that in float64 the unrolled parameters equal those of real steps.
+
+These functions are the only place where optimizer maths lives; both backends
+(``higher`` and ``torch.func``) call them.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from torch import Tensor
+
+State = Dict[str, Any]
+Rule = Callable[[Dict[str, Any], Tensor, Tensor, State], Tensor]
+
+
+def _scalar(group: Dict[str, Any], key: str) -> Any:
+    value = group[key]
+    if isinstance(value, Tensor):
+        if value.requires_grad:
+            raise ValueError(
+                f"optimizer hyper-parameter {key!r} is a tensor that requires grad; "
+                "lbt-plugin unrolls with fixed hyper-parameters. Pass a float or a detached tensor."
+            )
+        return value.item() if value.numel() == 1 else value
+    if isinstance(value, tuple):
+        return tuple(v.item() if isinstance(v, Tensor) else v for v in value)
+    return value
+
+
+def _safe_sqrt(v: Tensor) -> Tensor:
+    """``sqrt(v)`` with a zero (not NaN) derivative where ``v == 0``.
+
+    ``torch.optim`` never differentiates its update; we do, and ``d sqrt(v)/dv``
+    is infinite at 0, which turns the zero gradient of an untouched entry into
+    NaN. Values are bit-identical to ``v.sqrt()``.
+    """
+    positive = v > 0
+    return torch.where(positive, torch.where(positive, v, torch.ones_like(v)).sqrt(), torch.zeros_like(v))
+
+
+def sgd(group: Dict[str, Any], p: Tensor, g: Tensor, state: State) -> Tensor:
+    """``torch.optim.SGD`` (momentum, dampening, nesterov, weight decay, maximize)."""
+    lr, wd = _scalar(group, "lr"), _scalar(group, "weight_decay")
+    momentum, dampening = _scalar(group, "momentum"), _scalar(group, "dampening")
+    if group.get("maximize", False):
+        g = -g
+    if wd != 0:
+        g = g.add(p, alpha=wd)
+    if momentum != 0:
+        buf: Optional[Tensor] = state.get("momentum_buffer")
+        buf = g if buf is None else buf.mul(momentum).add(g, alpha=1 - dampening)
+        state["momentum_buffer"] = buf
+        g = g.add(buf, alpha=momentum) if group["nesterov"] else buf
+    return p.add(g, alpha=-lr)
+
+
+def adam(group: Dict[str, Any], p: Tensor, g: Tensor, state: State) -> Tensor:
+    """``torch.optim.Adam`` and ``AdamW`` (amsgrad, maximize, L2 or decoupled weight decay).
+
+    With :math:`m_t, v_t` the moment estimates and bias corrections
+    :math:`\\hat m_t = m_t/(1-\\beta_1^t)`, :math:`\\hat v_t = v_t/(1-\\beta_2^t)`:
+    :math:`\\theta_t = \\theta_{t-1} - \\alpha\\,\\hat m_t/(\\sqrt{\\hat v_t} + \\epsilon)`,
+    with eps added *after* the bias correction of the root, as in ``torch.optim``.
+    """
+    lr, wd, eps = _scalar(group, "lr"), _scalar(group, "weight_decay"), _scalar(group, "eps")
+    beta1, beta2 = _scalar(group, "betas")
+    amsgrad = group.get("amsgrad", False)
+    if group.get("maximize", False):
+        g = -g
+    if not state:
+        state["step"] = 0.0
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if amsgrad:
+            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    step = state["step"] = state["step"] + 1
+    if wd != 0:
+        if group.get("decoupled_weight_decay", False):
+            p = p.mul(1 - lr * wd)
+        else:
+            g = g.add(p, alpha=wd)
+    exp_avg = state["exp_avg"] = state["exp_avg"].lerp(g, 1 - beta1)
+    exp_avg_sq = state["exp_avg_sq"] = state["exp_avg_sq"].mul(beta2).addcmul(g, g, value=1 - beta2)
+    step_size = lr / (1 - beta1**step)
+    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+    if amsgrad:
+        exp_avg_sq = state["max_exp_avg_sq"] = torch.maximum(state["max_exp_avg_sq"], exp_avg_sq)
+    denom = (_safe_sqrt(exp_avg_sq) / bias_correction2_sqrt).add(eps)
+    return p.addcdiv(exp_avg, denom, value=-step_size)
+
+
+def rmsprop(group: Dict[str, Any], p: Tensor, g: Tensor, state: State) -> Tensor:
+    """``torch.optim.RMSprop`` (centered, momentum, weight decay, maximize)."""
+    lr, wd, eps = _scalar(group, "lr"), _scalar(group, "weight_decay"), _scalar(group, "eps")
+    alpha, momentum = _scalar(group, "alpha"), _scalar(group, "momentum")
+    centered = group.get("centered", False)
+    if group.get("maximize", False):
+        g = -g
+    if not state:
+        state["step"] = 0.0
+        state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if momentum > 0:
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if centered:
+            state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    state["step"] = state["step"] + 1
+    if wd != 0:
+        g = g.add(p, alpha=wd)
+    square_avg = state["square_avg"] = state["square_avg"].mul(alpha).addcmul(g, g, value=1 - alpha)
+    if centered:
+        grad_avg = state["grad_avg"] = state["grad_avg"].lerp(g, 1 - alpha)
+        avg = _safe_sqrt(square_avg.addcmul(grad_avg, grad_avg, value=-1))
+    else:
+        avg = _safe_sqrt(square_avg)
+    avg = avg.add(eps)
+    if momentum > 0:
+        buf = state["momentum_buffer"] = state["momentum_buffer"].mul(momentum).addcdiv(g, avg)
+        return p.add(buf, alpha=-lr)
+    return p.addcdiv(g, avg, value=-lr)
+
+
+#: Exact optimizer classes with a differentiable rule. Subclasses are *not*
+#: matched: a subclass may change ``step`` and we would silently unroll the wrong maths.
+RULES: Dict[type, Rule] = {
+    torch.optim.SGD: sgd,
+    torch.optim.Adam: adam,
+    torch.optim.AdamW: adam,
+    torch.optim.RMSprop: rmsprop,
+}
+
+
+#: Group keys that change no maths (or that the rules read themselves).
+_NEUTRAL_KEYS = {"params", "foreach", "fused", "differentiable", "capturable", "initial_lr", "param_names", "name"}
+_RULE_KEYS = {
+    sgd: {"lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"},
+    adam: {"lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay"},
+    rmsprop: {"lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize"},
+}
+
+
+def rule_for(optimizer: torch.optim.Optimizer) -> Rule:
+    """The rule for ``optimizer``, or a clear error.
+
+    Raises ``TypeError`` for an optimizer class without a rule and ``ValueError``
+    for a param-group setting the rule would not honour (rather than ignoring it).
+    """
+    rule = RULES.get(type(optimizer))
+    if rule is None:
+        names = ", ".join(f"torch.optim.{c.__name__}" for c in RULES)
+        raise TypeError(
+            f"lbt-plugin cannot unroll {type(optimizer).__module__}.{type(optimizer).__name__}: "
+            f"differentiable steps exist for {names} (exact classes, not subclasses)."
+        )
+    known = _RULE_KEYS[rule] | _NEUTRAL_KEYS
+    for i, group in enumerate(optimizer.param_groups):
+        for key, value in group.items():
+            if key not in known and value not in (None, False, 0):
+                raise ValueError(
+                    f"param group {i} of {type(optimizer).__name__} sets {key}={value!r}, which the "
+                    "differentiable step does not implement; remove it or unroll with another optimizer."
+                )
+    return rule
+
+
+def copy_state(optimizer: torch.optim.Optimizer, p: Tensor) -> State:
+    """A detached copy of ``optimizer.state[p]``; tensor step counters become floats."""
+    copied: State = {}
+    for key, value in optimizer.state.get(p, {}).items():
+        if key == "step":
+            copied[key] = float(value)
+        elif isinstance(value, Tensor):
+            copied[key] = value.detach().clone()
+        else:
+            copied[key] = value
+    return copied

@@ -1,0 +1,151 @@
+"""``Unroller``: K differentiable optimizer steps of a module, and a view of the result.
+
+This is the general piece under :class:`lbt_plugin.LBTLoss`. Given a module with
+parameters :math:`\\theta_0`, an optimizer and a loss :math:`\\ell(\\theta)`, it
+computes
+
+.. math:: \\theta_{t+1} = U(\\theta_t, \\nabla_\\theta \\ell(\\theta_t), s_t), \\qquad t = 0..K-1,
+
+where :math:`U` is the optimizer's update and :math:`s_t` its state, keeping the
+graph, so that anything computed from :math:`\\theta_K` back-propagates through
+all K steps (into whatever the loss depended on: a generator's samples, say).
+The module, its buffers and the optimizer are left untouched.
+
+Example: an unrolled discriminator (Metz et al., 2017)::
+
+    unroll = Unroller(D, d_opt, k=5)
+    D_K = unroll(lambda d: bce(d(real), 1) + bce(d(fake), 0))   # fake = G(z), not detached
+    g_loss = bce(D_K(fake), 1)                                 # gradient flows through the 5 steps
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ._impl.backends import BACKENDS, optimizer_index
+
+__all__ = ["Unroller", "UnrolledModule"]
+
+
+class UnrolledModule:
+    """A functional view of a module at the unrolled parameters :math:`\\theta_K`.
+
+    Calling the view runs ``module.forward`` with :math:`\\theta_K`; so does any other
+    method (``view.log_prob(x)``), and an attribute that is a submodule gives the
+    view of that submodule. Parameters read as attributes (``view.weight``) are the
+    unrolled tensors. Buffers are copies: updating them (BatchNorm in train mode)
+    never touches the original module. Other attributes are read from the module.
+    """
+
+    def __init__(self, backend: Any, module: nn.Module, path: str = ""):
+        object.__setattr__(self, "_backend", backend)
+        object.__setattr__(self, "_module", module)
+        object.__setattr__(self, "_path", path)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._backend.call(self._path, "forward", args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        target = self._module.get_submodule(self._path)
+        prefix = self._path + "." if self._path else ""
+        if name in target._modules:
+            return UnrolledModule(self._backend, self._module, prefix + name)
+        if name in target._parameters:
+            return dict(self.named_parameters())[name]
+        attr = getattr(target, name)
+        if callable(attr) and hasattr(attr, "__self__") and attr.__self__ is target:
+            def method(*args: Any, **kwargs: Any) -> Any:
+                return self._backend.call(self._path, name, args, kwargs)
+
+            method.__name__ = name
+            method.__doc__ = attr.__doc__
+            return method
+        return attr
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("an UnrolledModule is read-only; change the original module instead")
+
+    def named_parameters(self) -> Iterator[Tuple[str, Tensor]]:
+        """``(name, theta_K tensor)`` pairs, named as in the (sub)module's ``named_parameters()``."""
+        prefix = self._path + "." if self._path else ""
+        names = [n for n, _ in self._module.named_parameters()]
+        for n, p in zip(names, self._backend.params):
+            if n.startswith(prefix):
+                yield n[len(prefix):], p
+
+    def parameters(self) -> Iterator[Tensor]:
+        """The unrolled parameters :math:`\\theta_K`, in ``module.parameters()`` order."""
+        return (p for _, p in self.named_parameters())
+
+    def __repr__(self) -> str:
+        return f"UnrolledModule({type(self._module.get_submodule(self._path)).__name__}, path={self._path!r})"
+
+
+class Unroller:
+    """K differentiable steps of ``optimizer`` on ``module``; returns an :class:`UnrolledModule`.
+
+    Args:
+        module: the module to unroll (an estimator, a discriminator, ...).
+        optimizer: a ``torch.optim`` optimizer over (some of) ``module``'s parameters.
+            Its class, hyper-parameters and current state (Adam moments, momentum
+            buffers, step counts) define the steps; it is not modified. Supported:
+            SGD, Adam, AdamW, RMSprop, with all their flags; anything else raises.
+        k: number of unrolled steps, ``k >= 1``.
+        backend: ``"higher"`` (``higher.monkeypatch``) or ``"func"``
+            (``torch.func.functional_call``); both compute the same numbers.
+        check_finite: raise ``FloatingPointError`` naming the step if a loss is
+            NaN or infinite (one host synchronisation per call).
+
+    Call it with ``loss_fn(view) -> scalar``, evaluated once per step at
+    :math:`\\theta_t`; the result is the view at :math:`\\theta_K`.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        k: int = 1,
+        *,
+        backend: str = "higher",
+        check_finite: bool = True,
+    ):
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
+        if not any(True for _ in module.parameters()):
+            raise ValueError(f"{type(module).__name__} has no parameters: there is nothing to unroll")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an integer >= 1 (the number of unrolled steps), got {k!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got {backend!r}")
+        optimizer_index(module, optimizer)  # fail now, not at the first call
+        self.module, self.optimizer, self.k, self.backend = module, optimizer, k, backend
+        self.check_finite = check_finite
+
+    def __call__(self, loss_fn: Callable[[UnrolledModule], Tensor]) -> UnrolledModule:
+        backend = BACKENDS[self.backend](self.module, self.optimizer, optimizer_index(self.module, self.optimizer))
+        view = UnrolledModule(backend, self.module)
+        losses: List[Tensor] = []
+        for t in range(self.k):
+            loss = loss_fn(view)
+            if not isinstance(loss, Tensor) or loss.numel() != 1:
+                raise ValueError(f"loss_fn must return a scalar tensor, got {type(loss).__name__} "
+                                 f"{tuple(getattr(loss, 'shape', ()))}")
+            losses.append(loss.detach().reshape(()))
+            backend.step(loss.reshape(()))
+        if self.check_finite:
+            finite = torch.isfinite(torch.stack(losses))
+            if not bool(finite.all()):
+                t = int((~finite).nonzero()[0])
+                raise FloatingPointError(
+                    f"the inner loss is {losses[t].item()} at unrolled step {t + 1} of {self.k}; "
+                    "lower the optimizer's learning rate or check the module's outputs."
+                )
+        return view
+
+    def __repr__(self) -> str:
+        return (f"Unroller({type(self.module).__name__}, {type(self.optimizer).__name__}, "
+                f"k={self.k}, backend={self.backend!r})")
