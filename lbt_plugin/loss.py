@@ -29,6 +29,7 @@ steps fit :math:`\\theta` to detached samples (the paper's estimator updates).
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
@@ -216,8 +217,10 @@ class LBTLoss:
         return {"estimator": self.estimator.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Load :meth:`state_dict` output. The optimizer state is copied:
+        ``Optimizer.load_state_dict`` alone would share tensors with ``state``."""
         self.estimator.load_state_dict(state["estimator"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
 
     def __repr__(self) -> str:
         return (f"LBTLoss({type(self.estimator).__name__}, k={self.k}, optimizer={type(self.optimizer).__name__}, "

@@ -155,7 +155,7 @@ class _RuleOptimizer(higher.optim.DifferentiableOptimizer):
 
 def _register_with_higher() -> None:
     for optim_type, rule in rules.RULES.items():
-        cls = type(f"Differentiable{optim_type.__name__}", (_RuleOptimizer,), {"rule": staticmethod(rule)})
+        cls = type(f"Differentiable{optim_type.__name__}", (_RuleOptimizer,), {"rule": staticmethod(rule), "__module__": __name__})
         higher.optim.register_optim(optim_type, cls)
 
 
@@ -173,6 +173,12 @@ class HigherBackend:
         self.diffopt = higher.optim.get_diff_optim(
             optimizer, list(module.parameters()), fmodel=self.fmodel, track_higher_grads=True
         )
+        # higher keeps the fast weights of a call in a list captured by closures of the
+        # patched *class*; classes live in reference cycles, so whatever is left in that
+        # box outlives the call until a full garbage collection. We fill it for each call
+        # and empty it afterwards, as higher's own root forward does.
+        prop = type(self.fmodel).__dict__["direct_submodule_call"]
+        self._box = next(c.cell_contents for c in prop.fget.__closure__ if isinstance(c.cell_contents, list))
 
     @property
     def params(self) -> List[Tensor]:
@@ -181,9 +187,14 @@ class HigherBackend:
     def call(self, path: str, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
         fmodel = self.fmodel
         fmodel.update_params(fmodel.fast_params)  # every patched submodule's attributes <- theta_t
-        fmodel._refill_params_box(None)  # direct submodule calls read theta_t, not a stale box
-        target = fmodel.get_submodule(path)
-        return target(*args, **kwargs) if name == "forward" else getattr(target, name)(*args, **kwargs)
+        if path == "" and name == "forward":
+            return fmodel(*args, **kwargs)  # higher's own root forward binds and clears the box
+        self._box[0] = fmodel._expand_params(fmodel.fast_params)  # submodules called directly read theta_t
+        try:
+            target = fmodel.get_submodule(path)
+            return target(*args, **kwargs) if name == "forward" else getattr(target, name)(*args, **kwargs)
+        finally:
+            self._box[0] = None
 
     def step(self, loss: Tensor) -> None:
         self.diffopt.step(loss)

@@ -23,17 +23,20 @@ Rule = Callable[[Dict[str, Any], Tensor, Tensor, State], Tensor]
 
 
 def _scalar(group: Dict[str, Any], key: str) -> Any:
+    """A hyper-parameter; tensors are kept (torch computes with them in their dtype)."""
     value = group[key]
-    if isinstance(value, Tensor):
-        if value.requires_grad:
-            raise ValueError(
-                f"optimizer hyper-parameter {key!r} is a tensor that requires grad; "
-                "lbt-plugin unrolls with fixed hyper-parameters. Pass a float or a detached tensor."
-            )
-        return value.item() if value.numel() == 1 else value
-    if isinstance(value, tuple):
-        return tuple(v.item() if isinstance(v, Tensor) else v for v in value)
+    values = value if isinstance(value, tuple) else (value,)
+    if any(isinstance(v, Tensor) and v.requires_grad for v in values):
+        raise ValueError(
+            f"optimizer hyper-parameter {key!r} is a tensor that requires grad; "
+            "lbt-plugin unrolls with fixed hyper-parameters. Pass a float or a detached tensor."
+        )
     return value
+
+
+def _num(x: Any) -> Any:
+    """A Python number for ``alpha=``/``value=`` arguments (as torch converts a 0-d tensor)."""
+    return x.item() if isinstance(x, Tensor) else x
 
 
 def _safe_sqrt(v: Tensor) -> Tensor:
@@ -54,13 +57,13 @@ def sgd(group: Dict[str, Any], p: Tensor, g: Tensor, state: State) -> Tensor:
     if group.get("maximize", False):
         g = -g
     if wd != 0:
-        g = g.add(p, alpha=wd)
+        g = g.add(p, alpha=_num(wd))
     if momentum != 0:
         buf: Optional[Tensor] = state.get("momentum_buffer")
-        buf = g if buf is None else buf.mul(momentum).add(g, alpha=1 - dampening)
+        buf = g if buf is None else buf.mul(momentum).add(g, alpha=_num(1 - dampening))
         state["momentum_buffer"] = buf
-        g = g.add(buf, alpha=momentum) if group["nesterov"] else buf
-    return p.add(g, alpha=-lr)
+        g = g.add(buf, alpha=_num(momentum)) if group["nesterov"] else buf
+    return p.add(g, alpha=-_num(lr))
 
 
 def adam(group: Dict[str, Any], p: Tensor, g: Tensor, state: State) -> Tensor:
@@ -87,10 +90,10 @@ def adam(group: Dict[str, Any], p: Tensor, g: Tensor, state: State) -> Tensor:
         if group.get("decoupled_weight_decay", False):
             p = p.mul(1 - lr * wd)
         else:
-            g = g.add(p, alpha=wd)
+            g = g.add(p, alpha=_num(wd))
     exp_avg = state["exp_avg"] = state["exp_avg"].lerp(g, 1 - beta1)
-    exp_avg_sq = state["exp_avg_sq"] = state["exp_avg_sq"].mul(beta2).addcmul(g, g, value=1 - beta2)
-    step_size = lr / (1 - beta1**step)
+    exp_avg_sq = state["exp_avg_sq"] = state["exp_avg_sq"].mul(beta2).addcmul(g, g, value=_num(1 - beta2))
+    step_size = _num(lr / (1 - beta1**step))
     bias_correction2_sqrt = (1 - beta2**step) ** 0.5
     if amsgrad:
         exp_avg_sq = state["max_exp_avg_sq"] = torch.maximum(state["max_exp_avg_sq"], exp_avg_sq)
@@ -114,8 +117,8 @@ def rmsprop(group: Dict[str, Any], p: Tensor, g: Tensor, state: State) -> Tensor
             state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
     state["step"] = state["step"] + 1
     if wd != 0:
-        g = g.add(p, alpha=wd)
-    square_avg = state["square_avg"] = state["square_avg"].mul(alpha).addcmul(g, g, value=1 - alpha)
+        g = g.add(p, alpha=_num(wd))
+    square_avg = state["square_avg"] = state["square_avg"].mul(alpha).addcmul(g, g, value=_num(1 - alpha))
     if centered:
         grad_avg = state["grad_avg"] = state["grad_avg"].lerp(g, 1 - alpha)
         avg = _safe_sqrt(square_avg.addcmul(grad_avg, grad_avg, value=-1))
@@ -124,8 +127,8 @@ def rmsprop(group: Dict[str, Any], p: Tensor, g: Tensor, state: State) -> Tensor
     avg = avg.add(eps)
     if momentum > 0:
         buf = state["momentum_buffer"] = state["momentum_buffer"].mul(momentum).addcdiv(g, avg)
-        return p.add(buf, alpha=-lr)
-    return p.addcdiv(g, avg, value=-lr)
+        return p.add(buf, alpha=-_num(lr))
+    return p.addcdiv(g, avg, value=-_num(lr))
 
 
 #: Exact optimizer classes with a differentiable rule. Subclasses are *not*

@@ -1,0 +1,55 @@
+"""``lbt-plugin check``: passes on its defaults, fails with a named cause on common mistakes."""
+import pytest
+from click.testing import CliRunner
+
+from lbt_plugin import __version__
+from lbt_plugin.cli import main
+
+
+def _run(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_help_and_version():
+    assert _run("--help").exit_code == 0
+    result = _run("--version")
+    assert result.exit_code == 0 and __version__ in result.output
+    assert "--estimator" in _run("check", "--help").output
+
+
+def test_check_passes_on_defaults_with_a_table():
+    result = _run("check")
+    assert result.exit_code == 0, result.output
+    for row in ("theta_K == torch.optim steps", "hypergradient vs finite diff.", "higher == func",
+                "generator params reached", "teach_steps=0 changes nothing"):
+        assert row in result.output
+    assert "FAIL" not in result.output and "all 26 checks passed" in result.output
+
+
+def test_check_on_user_models_by_module_path():
+    result = _run("check", "--estimator", "models:estimator", "--generator", "models:generator",
+                  "--data-shape", "2", "-k", "2", "--backend", "func")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("args, cause", [
+    (["--generator", "models:detached_generator"], "do not require grad"),
+    (["--estimator", "models:estimator_without_log_prob"], "no log_prob method"),
+    (["--estimator", "models:estimator_wrong_shape"], "shape [B]"),
+    (["--optimizer", "models:foreign_optimizer"], "not a parameter of"),
+])
+def test_check_fails_naming_the_cause(args, cause):
+    base = {"--estimator": "models:estimator", "--generator": "models:generator"}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    argv = ["check", "--data-shape", "2"] + [x for kv in base.items() for x in kv]
+    result = _run(*argv)
+    assert result.exit_code == 1, result.output
+    assert "FAIL" in result.output and cause in result.output
+
+
+def test_check_usage_errors():
+    assert _run("check", "--estimator", "models:estimator").exit_code == 2  # no --data-shape
+    result = _run("check", "--estimator", "models:nope", "--data-shape", "2")
+    assert result.exit_code == 2 and "has no attribute 'nope'" in result.output
+    assert _run("check", "--data-shape", "0,3").exit_code == 2
