@@ -1,4 +1,4 @@
-"""``LBTLoss``: the teaching term of Learning by Teaching (Ma et al., 2018, arXiv:1807.03870).
+"""``LBTLoss``: the teaching term of Learning by Teaching (Du et al., 2018, arXiv:1807.03870).
 
 Notation of the paper. A generator :math:`G` with samples :math:`x \\sim p_G`, an
 explicit density estimator :math:`E` with parameters :math:`\\theta` and density
