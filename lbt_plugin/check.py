@@ -67,6 +67,15 @@ def _flat(ts: Iterable[Optional[Tensor]], like: Sequence[Tensor]) -> Tensor:
     return torch.cat([(t if t is not None else torch.zeros_like(p)).reshape(-1) for t, p in zip(ts, like)])
 
 
+def _shift(params: Sequence[Tensor], direction: Tensor, step: float) -> None:
+    """``params += step * direction`` in place, ``direction`` being flat over all of them."""
+    with torch.no_grad():
+        offset = 0
+        for p in params:
+            p.add_(direction[offset: offset + p.numel()].view_as(p), alpha=step)
+            offset += p.numel()
+
+
 def forward_exactness(
     estimator: nn.Module, optimizer_factory: OptimizerFactory, x: Tensor, k: int, backend: str, warmup: int = 2
 ) -> float:
@@ -142,21 +151,11 @@ def hypergradient_error(
     worst = 0.0
     for d in (d1, d2 / d2.norm()):
         def at(step: float) -> float:
-            with torch.no_grad():
-                offset = 0
-                for p in params:
-                    n = p.numel()
-                    p.add_(d[offset: offset + n].view_as(p), alpha=step)
-                    offset += n
+            _shift(params, d, step)
             try:
                 return f().item()
             finally:
-                with torch.no_grad():
-                    offset = 0
-                    for p in params:
-                        n = p.numel()
-                        p.sub_(d[offset: offset + n].view_as(p), alpha=step)
-                        offset += n
+                _shift(params, d, -step)
 
         central = lambda s: (at(s) - at(-s)) / (2 * s)  # noqa: E731
         exact = (g @ d).item()
