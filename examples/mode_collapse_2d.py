@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing as mp
 import re
 import time
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List
@@ -36,7 +38,7 @@ DATASETS = {"ring": ring, "grid": grid}
 class Config:
     """Hyper-parameters, chosen once for every method and dataset (see docs/results.md)."""
 
-    steps: int = 2000
+    steps: int = 6000
     batch: int = 256
     latent: int = 16
     hidden: int = 128
@@ -48,6 +50,7 @@ class Config:
     est_lr: float = 3e-3
     estimator: str = "mixture"
     components: int = 50
+    component_std: float = 0.25  # fixed component std, times the data's extent
     lambda_gan: float = 0.1  # LBT-GAN: lambda * GAN loss + LBT loss (authors' toy setting)
     clip: float = 5.0
     eval_samples: int = 2500
@@ -61,11 +64,24 @@ def mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
 def make_estimator(cfg: Config, mixture: Mixture) -> nn.Module:
     scale = float(mixture.centers.abs().max())
     if cfg.estimator == "mixture":
-        return GaussianMixture(2, cfg.components, init_scale=scale / 2, init_std=scale / 4)
+        # Fixed component std, relative to the data's extent, like the authors' fixed VAE decoder
+        # variance: a learnable std lets the mixture cover far data by widening (the generator then
+        # spreads out), and a sharp one starves the teaching signal for far modes (docs/results.md).
+        return GaussianMixture(2, cfg.components, init_scale=scale / 2, init_std=cfg.component_std * scale,
+                               learn_std=False)
     return VAE(2)
 
 
-def train(method: str, mixture: Mixture, seed: int, cfg: Config, progress: bool = True) -> tuple:
+def evaluate(G: nn.Module, mixture: Mixture, cfg: Config, seed: int) -> tuple:
+    with torch.no_grad():
+        samples = G(torch.randn(cfg.eval_samples, cfg.latent, generator=torch.Generator().manual_seed(seed)))
+    return mode_stats(samples, mixture), samples
+
+
+def train(method: str, mixture: Mixture, seed: int, cfg: Config, progress: bool = True,
+          eval_every: int = 0) -> tuple:
+    """One run; returns the final ``ModeStats``, the evaluation samples and the history of
+    ``(step, ModeStats)`` taken every ``eval_every`` steps (none when 0)."""
     torch.manual_seed(seed)
     data_gen = torch.Generator().manual_seed(10_000 + seed)
     G, D = mlp(cfg.latent, 2, cfg.hidden), mlp(2, 1, cfg.hidden)
@@ -82,7 +98,8 @@ def train(method: str, mixture: Mixture, seed: int, cfg: Config, progress: bool 
     unroll = Unroller(D, d_opt, k=cfg.k) if method == "unrolled-gan" else None
     bar = tqdm(range(cfg.steps), desc=f"{mixture_name(mixture)} {NAMES[method]} seed {seed}", leave=False,
                disable=not progress)
-    for _ in bar:
+    history = []
+    for step in bar:
         real = mixture.sample(cfg.batch, data_gen)
         fake = G(torch.randn(cfg.batch, cfg.latent))
         if use_d:  # one discriminator step
@@ -103,9 +120,12 @@ def train(method: str, mixture: Mixture, seed: int, cfg: Config, progress: bool 
         g_loss.backward()
         nn.utils.clip_grad_norm_(G.parameters(), cfg.clip)
         g_opt.step()
-    with torch.no_grad():
-        samples = G(torch.randn(cfg.eval_samples, cfg.latent, generator=torch.Generator().manual_seed(seed)))
-    return mode_stats(samples, mixture), samples
+        if eval_every and (step + 1) % eval_every == 0:
+            stats, _ = evaluate(G, mixture, cfg, seed)
+            history.append((step + 1, stats))
+            bar.set_postfix(modes=stats.modes, hq=f"{stats.high_quality:.2f}")
+    stats, samples = evaluate(G, mixture, cfg, seed)
+    return stats, samples, history
 
 
 def mixture_name(m: Mixture) -> str:
@@ -161,6 +181,25 @@ def write_results(md_path: Path, body: str) -> None:
     md_path.write_text(text)
 
 
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+class _Inline:
+    """A stand-in for a process pool that runs each task at submission (``--jobs 1``)."""
+
+    def __enter__(self) -> "_Inline":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn, *args) -> Future:  # type: ignore[no-untyped-def]
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+
 def main() -> None:
     cfg = Config()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -172,35 +211,38 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("docs/img"), help="folder for the scatter plots")
     p.add_argument("--results", type=Path, default=Path("docs/results.md"),
                    help="markdown file whose 2d-table markers receive the table ('-' to skip)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one process each (default: 2)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (default: 1)")
     args = p.parse_args()
-    if args.seeds < 1 or args.steps < 1:
-        p.error("--seeds and --steps must be >= 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.seeds < 1 or args.steps < 1 or args.jobs < 1 or args.threads < 1:
+        p.error("--seeds, --steps, --jobs and --threads must be >= 1")
+    torch.set_num_threads(args.threads)
     cfg.steps, cfg.estimator = args.steps, args.estimator
     t0 = time.time()
-    results: Dict[str, Dict[str, List[ModeStats]]] = {}
+    tasks = [(ds, method, seed) for ds in args.datasets for method in args.methods for seed in range(args.seeds)]
+    results: Dict[str, Dict[str, List[ModeStats]]] = {ds: {m: [] for m in args.methods} for ds in args.datasets}
+    shown: Dict[str, Dict[str, torch.Tensor]] = {ds: {} for ds in args.datasets}
+    with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(args.threads,)) if args.jobs > 1 else _Inline() as pool:
+        futures = {pool.submit(train, method, DATASETS[ds](), seed, cfg, args.jobs == 1): (ds, method, seed)
+                   for ds, method, seed in tasks}
+        for future in tqdm(as_completed(futures), total=len(futures), desc="runs", disable=args.jobs == 1):
+            ds, method, seed = futures[future]
+            stats, samples, _ = future.result()
+            results[ds][method].append(stats)
+            if seed == 0:
+                shown[ds][method] = samples
+            tqdm.write(f"{ds:4s} {NAMES[method]:12s} seed {seed}: modes {stats.modes:2d}/{DATASETS[ds]().n_modes}, "
+                       f"high quality {100 * stats.high_quality:5.1f}%, KL {stats.kl:.3f}")
     for ds in args.datasets:
-        mixture = DATASETS[ds]()
-        results[ds] = {}
-        shown = {}
-        for method in args.methods:
-            results[ds][method] = []
-            for seed in range(args.seeds):
-                stats, samples = train(method, mixture, seed, cfg)
-                results[ds][method].append(stats)
-                if seed == 0:
-                    shown[method] = samples
-                print(f"{ds:4s} {NAMES[method]:12s} seed {seed}: modes {stats.modes:2d}/{mixture.n_modes}, "
-                      f"high quality {100 * stats.high_quality:5.1f}%, KL {stats.kl:.3f}", flush=True)
-        plot(shown, mixture, args.out / f"mode_collapse_{ds}.png")
+        plot({m: shown[ds][m] for m in args.methods}, DATASETS[ds](), args.out / f"mode_collapse_{ds}.png")
     minutes = (time.time() - t0) / 60
     body = table(results, args.seeds)
     cmd = (f"python examples/mode_collapse_2d.py --seeds {args.seeds} --steps {args.steps} "
            f"--estimator {args.estimator}")
     footer = (f"\n\n{args.seeds} seeds, {cfg.steps} generator updates per run, {cfg.eval_samples} samples per "
-              f"evaluation; {minutes:.1f} min on {torch.get_num_threads()} CPU thread(s). Command: `{cmd}`")
+              f"evaluation; {minutes:.1f} min wall clock, {args.jobs} run(s) at a time with {args.threads} CPU "
+              f"thread(s) each. Command: `{cmd}`")
     print("\n" + body + footer)
     if str(args.results) != "-":
         write_results(args.results, body + footer)

@@ -158,10 +158,18 @@ class GaussianMixture(nn.Module):
     ``init_loc`` (``[n_components, dim]``) places the means; by default they are drawn
     from ``N(0, init_scale^2)``. ``min_log_std`` bounds the variances away from zero
     (a component collapsing onto one sample has unbounded likelihood).
+
+    ``max_std`` bounds the learned standard deviations from above (softly: a std
+    initialised at ``max_std`` starts at about half of it), and
+    ``learn_std=False`` fixes every standard deviation at ``init_std``, as the
+    authors fix their VAE decoder's variance: for LBT this matters, because an
+    estimator that can widen its components can "cover" data far from the generator
+    by going broad, and a short unroll then rewards a generator that spreads out.
     """
 
     def __init__(self, dim: int, n_components: int = 16, init_scale: float = 1.0,
-                 init_loc: Tensor | None = None, init_std: float = 0.5, min_log_std: float = -6.0):
+                 init_loc: Tensor | None = None, init_std: float = 0.5, min_log_std: float = -6.0,
+                 learn_std: bool = True, max_std: float | None = None):
         super().__init__()
         if dim < 1 or n_components < 1:
             raise ValueError("dim and n_components must be >= 1")
@@ -169,16 +177,29 @@ class GaussianMixture(nn.Module):
         if loc.shape != (n_components, dim):
             raise ValueError(f"init_loc must have shape [{n_components}, {dim}], got {tuple(loc.shape)}")
         self.dim, self.min_log_std = dim, min_log_std
+        self.max_log_std = math.log(max_std) if max_std is not None else None
         self.logits = nn.Parameter(torch.zeros(n_components))
         self.loc = nn.Parameter(loc)
-        self.log_std = nn.Parameter(torch.full((n_components, dim), math.log(init_std)))
+        log_std = torch.full((n_components, dim), math.log(init_std))
+        if learn_std:
+            self.log_std = nn.Parameter(log_std)
+        else:
+            self.register_buffer("log_std", log_std)
 
     def log_prob(self, x: Tensor) -> Tensor:
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"GaussianMixture(dim={self.dim}) takes [B, {self.dim}] inputs, got {tuple(x.shape)}")
-        log_std = self.log_std.clamp_min(self.min_log_std)
+        log_std = self._log_std()
         comp = _gaussian_log_prob(x[:, None, :], self.loc, log_std).sum(-1)  # [B, C]
         return torch.logsumexp(comp + torch.log_softmax(self.logits, -1), dim=-1)
+
+    def _log_std(self) -> Tensor:
+        """Softly bounded log-stds: ``softplus`` keeps a gradient at the bounds (a clamp would
+        freeze a component that touches one)."""
+        v = self.log_std
+        if self.max_log_std is not None:
+            v = self.max_log_std - nn.functional.softplus(self.max_log_std - v)
+        return self.min_log_std + nn.functional.softplus(v - self.min_log_std)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.log_prob(x)
@@ -186,7 +207,7 @@ class GaussianMixture(nn.Module):
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:
         idx = torch.multinomial(torch.softmax(self.logits, -1), n, replacement=True)
-        std = self.log_std.clamp_min(self.min_log_std).exp()[idx]
+        std = self._log_std().exp()[idx]
         return self.loc[idx] + std * torch.randn_like(std)
 
 

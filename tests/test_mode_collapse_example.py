@@ -11,7 +11,7 @@ def test_benchmark_script_end_to_end(tmp_path):
     results.write_text("# Results\n\nbefore\n<!-- 2d-table:start -->\nold\n<!-- 2d-table:end -->\nafter\n")
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "mode_collapse_2d.py"), "--steps", "3", "--seeds", "2",
-         "--out", str(tmp_path / "img"), "--results", str(results), "--threads", "1"],
+         "--out", str(tmp_path / "img"), "--results", str(results), "--jobs", "2"],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr
@@ -27,4 +27,4 @@ def test_benchmark_script_end_to_end(tmp_path):
 def test_benchmark_script_rejects_bad_arguments():
     out = subprocess.run([sys.executable, str(ROOT / "examples" / "mode_collapse_2d.py"), "--seeds", "0"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert out.returncode == 2 and "--seeds and --steps must be >= 1" in out.stderr
+    assert out.returncode == 2 and "must be >= 1" in out.stderr
