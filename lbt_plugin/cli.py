@@ -109,5 +109,64 @@ def check(estimator_spec, generator_spec, optimizer_spec, data_shape, latent_sha
     click.echo(f"\nall {len(rows)} checks passed")
 
 
+@main.command()
+@click.option("--estimator", "estimator_spec", metavar="MODULE:FACTORY",
+              help="Zero-argument factory returning the estimator. Default: a tiny coupling flow.")
+@click.option("--generator", "generator_spec", metavar="MODULE:FACTORY",
+              help="Zero-argument factory returning the generator. Default: a tiny MLP.")
+@click.option("--optimizer", "optimizer_spec", metavar="MODULE:FACTORY",
+              help="Factory taking the estimator and returning its optimizer. Default: LBTLoss's Adam.")
+@click.option("--data-shape", default=None, metavar="D1,D2,...", help="Shape of one data sample.")
+@click.option("--latent-shape", default=None, metavar="D1,D2,...", help="Shape of one latent vector.")
+@click.option("-k", "--k", "ks", multiple=True, type=click.IntRange(min=1), default=(1, 5, 15), show_default=True,
+              help="Unrolled steps to profile (repeatable).")
+@click.option("--backend", type=click.Choice(["higher", "func"]), default="higher", show_default=True)
+@click.option("--truncate", type=click.IntRange(min=1), default=None,
+              help="Back-propagate through the last T steps only (capped at K).")
+@click.option("--checkpoint", is_flag=True, help="Recompute unrolled steps in backward (needs --backend func).")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+def profile(estimator_spec, generator_spec, optimizer_spec, data_shape, latent_shape, ks, backend, truncate,
+            checkpoint, batch_size, repeats, device, seed) -> None:
+    """Time and memory of one LBT generator step for each K, on your models.
+
+    Prints milliseconds per step (LBTLoss call and backward, median of --repeats),
+    the memory autograd keeps for the backward pass, and on CUDA the peak allocated
+    memory, so you can pick K (and --truncate/--checkpoint) before a long run.
+    """
+    import torch
+
+    from ._impl.toy import TinyCoupling, TinyGenerator
+    from .profile import format_profile, profile_steps
+
+    if checkpoint and backend != "func":
+        raise click.UsageError("--checkpoint needs --backend func")
+    estimator_factory = load_object(estimator_spec) if estimator_spec else (lambda: TinyCoupling(2, 64))
+    generator = (load_object(generator_spec) if generator_spec else (lambda: TinyGenerator(8, 2, 64)))()
+    shape = _shape(data_shape)
+    if shape is None:
+        if generator_spec or estimator_spec:
+            raise click.UsageError("--data-shape is required with your own models")
+        shape = (2,)
+    lat = _shape(latent_shape) or getattr(generator, "latent_shape", None) or getattr(generator, "latent_dim", None)
+    if lat is None:
+        raise click.UsageError("give --latent-shape, or a latent_dim / latent_shape attribute on the generator")
+    lat = (lat,) if isinstance(lat, int) else tuple(lat)
+    torch.manual_seed(seed)
+    dev = torch.device(device)
+    generator = generator.to(dev)
+    data = torch.randn(batch_size, *shape, device=dev)
+    z = torch.randn(batch_size, *lat, device=dev)
+    optimizer_factory = load_object(optimizer_spec) if optimizer_spec else None
+    rows = profile_steps(estimator_factory, generator, data, z, tuple(dict.fromkeys(ks)), backend=backend,
+                         truncate=truncate, checkpoint=checkpoint, repeats=repeats,
+                         optimizer_factory=optimizer_factory, progress=lambda s: click.echo(f"profiling {s}", err=True))
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    click.echo(f"{name}; batch {batch_size}; torch {torch.__version__}")
+    click.echo(format_profile(rows))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -61,6 +61,10 @@ class LBTLoss:
             parameters, buffers and optimizer state exactly as they were.
         weight: multiplies the returned loss (``lambda`` of LBT-GAN).
         backend: ``"higher"`` (default) or ``"func"``; same numbers.
+        truncate: back-propagate through the last ``truncate`` of the K steps only
+            (less memory and time, biased); see :class:`~lbt_plugin.Unroller`.
+        checkpoint: recompute unrolled steps in the backward pass instead of storing
+            them (exact, memory flat in K; ``backend="func"``).
         latent: how to draw the generator's input when it is called without
             ``z``: an int ``d`` (``z ~ N(0, I)`` of shape ``[B, d]``), a shape tuple
             (``[B, *shape]``, e.g. ``(100, 1, 1)`` for DCGAN), or a callable
@@ -89,6 +93,8 @@ class LBTLoss:
         teach_steps: int = 1,
         weight: float = 1.0,
         backend: str = "higher",
+        truncate: Optional[int] = None,
+        checkpoint: bool = False,
         latent: Latent = None,
         batch_size: Optional[int] = None,
         resample: bool = False,
@@ -113,7 +119,8 @@ class LBTLoss:
             optimizer = torch.optim.Adam(estimator.parameters(), lr=lr, betas=(0.5, 0.999))
         self.estimator = estimator
         self.optimizer = optimizer
-        self.unroller = Unroller(estimator, optimizer, k, backend=backend, check_finite=check_finite)
+        self.unroller = Unroller(estimator, optimizer, k, backend=backend, truncate=truncate, checkpoint=checkpoint,
+                                 check_finite=check_finite)
         self.k, self.teach_steps, self.weight, self.backend = k, teach_steps, weight, backend
         self.latent, self.batch_size, self.resample = latent, batch_size, resample
         self.check_finite = check_finite
@@ -158,8 +165,8 @@ class LBTLoss:
             self.optimizer.zero_grad(set_to_none=True)
 
         # (2) K differentiable steps: theta_K(G)
-        batches = iter([fake] + [draw() for _ in range(self.k - 1)] if self.resample else [fake] * self.k)
-        view = self.unroller(lambda e: -self._log_prob(e, next(batches), "an unrolled step").mean())
+        batches = [fake] + [draw() for _ in range(self.k - 1)] if self.resample else [fake] * self.k
+        view = self.unroller(lambda e, t: -self._log_prob(e, batches[t], "an unrolled step").mean())
 
         # (3) the teacher's reward: likelihood of real data under theta_K
         log_p = self._log_prob(view, data, "the data")

@@ -19,7 +19,8 @@ Example: an unrolled discriminator (Metz et al., 2017)::
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, List, Tuple
+import inspect
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -95,11 +96,22 @@ class Unroller:
         k: number of unrolled steps, ``k >= 1``.
         backend: ``"higher"`` (``higher.monkeypatch``) or ``"func"``
             (``torch.func.functional_call``); both compute the same numbers.
+        truncate: back-propagate through the last ``truncate`` steps only; the first
+            ``k - truncate`` are constant steps. Memory and time of the backward pass
+            then scale with ``truncate``, not ``k``. *Biased*: the hypergradient omits
+            how the generator moved ``theta`` during the early steps (see
+            docs/performance.md). ``None`` (default) or ``k`` is the exact unroll.
+        checkpoint: recompute each differentiable step during the backward pass
+            instead of storing its graph (``torch.utils.checkpoint``). *Exact*; stores
+            only ``theta_t`` and the optimizer state per step, at the price of about one
+            more forward/backward of the inner loss per step. Needs ``backend="func"``.
         check_finite: raise ``FloatingPointError`` naming the step if a loss is
             NaN or infinite (one host synchronisation per call).
 
-    Call it with ``loss_fn(view) -> scalar``, evaluated once per step at
-    :math:`\\theta_t`; the result is the view at :math:`\\theta_K`.
+    Call it with ``loss_fn(view) -> scalar`` or ``loss_fn(view, t) -> scalar``,
+    evaluated at :math:`\theta_t` for ``t = 0 .. k-1``; the result is the view at
+    :math:`\theta_K`. With ``checkpoint=True`` the loss of step ``t`` is evaluated
+    again during backward: it must be a function of ``t`` (not of a counter).
     """
 
     def __init__(
@@ -109,6 +121,8 @@ class Unroller:
         k: int = 1,
         *,
         backend: str = "higher",
+        truncate: Optional[int] = None,
+        checkpoint: bool = False,
         check_finite: bool = True,
     ):
         if not isinstance(module, nn.Module):
@@ -121,21 +135,36 @@ class Unroller:
             raise ValueError(f"k must be an integer >= 1 (the number of unrolled steps), got {k!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got {backend!r}")
+        if truncate is not None and (isinstance(truncate, bool) or not isinstance(truncate, int)
+                                     or not 1 <= truncate <= k):
+            raise ValueError(f"truncate must be an integer in [1, k={k}] or None, got {truncate!r}")
+        if checkpoint and backend != "func":
+            raise ValueError("checkpoint=True needs backend='func' (higher's patched module and optimizer hold "
+                             "state that a recomputation would advance twice)")
         optimizer_index(module, optimizer)  # fail now, not at the first call
         self.module, self.optimizer, self.k, self.backend = module, optimizer, k, backend
-        self.check_finite = check_finite
+        self.truncate, self.checkpoint, self.check_finite = truncate, checkpoint, check_finite
 
-    def __call__(self, loss_fn: Callable[[UnrolledModule], Tensor]) -> UnrolledModule:
+    def __call__(self, loss_fn: Callable[..., Tensor]) -> UnrolledModule:
         backend = BACKENDS[self.backend](self.module, self.optimizer, optimizer_index(self.module, self.optimizer))
         view = UnrolledModule(backend, self.module)
+        with_t = _takes_step_index(loss_fn)
+        constant_steps = self.k - (self.truncate or self.k)
         losses: List[Tensor] = []
         for t in range(self.k):
-            loss = loss_fn(view)
-            if not isinstance(loss, Tensor) or loss.numel() != 1:
-                raise ValueError(f"loss_fn must return a scalar tensor, got {type(loss).__name__} "
-                                 f"{tuple(getattr(loss, 'shape', ()))}")
-            losses.append(loss.detach().reshape(()))
-            backend.step(loss.reshape(()))
+            def loss_at(t: int = t) -> Tensor:
+                loss = loss_fn(view, t) if with_t else loss_fn(view)
+                if not isinstance(loss, Tensor) or loss.numel() != 1:
+                    raise ValueError(f"loss_fn must return a scalar tensor, got {type(loss).__name__} "
+                                     f"{tuple(getattr(loss, 'shape', ()))}")
+                return loss.reshape(())
+
+            if t >= constant_steps and self.checkpoint:
+                loss = backend.checkpointed_step(loss_at)
+            else:
+                loss = loss_at()
+                backend.step(loss, create_graph=t >= constant_steps)
+            losses.append(loss.detach())
         if self.check_finite:
             finite = torch.isfinite(torch.stack(losses))
             if not bool(finite.all()):
@@ -147,5 +176,15 @@ class Unroller:
         return view
 
     def __repr__(self) -> str:
-        return (f"Unroller({type(self.module).__name__}, {type(self.optimizer).__name__}, "
-                f"k={self.k}, backend={self.backend!r})")
+        return (f"Unroller({type(self.module).__name__}, {type(self.optimizer).__name__}, k={self.k}, "
+                f"backend={self.backend!r}, truncate={self.truncate}, checkpoint={self.checkpoint})")
+
+
+def _takes_step_index(fn: Callable[..., Tensor]) -> bool:
+    """Whether ``fn`` accepts a second positional argument (the step index ``t``)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)

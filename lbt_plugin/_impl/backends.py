@@ -16,12 +16,13 @@ they compute the same numbers; they differ in how the module is made functional.
 from __future__ import annotations
 
 import collections
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import higher
 import higher.optim
 import higher.patch
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from . import rules
@@ -72,10 +73,11 @@ class FuncBackend:
         mapping.update({"m." + n: b for n, b in self.buffers.items()})
         return torch.func.functional_call(self._caller, mapping, (path, name, args, kwargs))
 
-    def step(self, loss: Tensor) -> None:
+    def step(self, loss: Tensor, create_graph: bool = True) -> None:
+        """One update from ``loss``; ``create_graph=False`` takes a constant step (no hypergradient)."""
         trainable = [i for i, p in enumerate(self.params) if p.requires_grad]
         grads = torch.autograd.grad(
-            loss, [self.params[i] for i in trainable], create_graph=True, allow_unused=True
+            loss, [self.params[i] for i in trainable], create_graph=create_graph, allow_unused=True
         )
         grad_of = dict(zip(trainable, grads))
         for group, ids in zip(self.groups, self.index):
@@ -83,6 +85,46 @@ class FuncBackend:
                 g = grad_of.get(i)
                 if g is not None:
                     self.params[i] = self.rule(group, self.params[i], g, self.state[i])
+        if not create_graph:
+            self.params = [p.detach().requires_grad_(p.requires_grad) for p in self.params]
+            self.state = {i: {k: v.detach() if isinstance(v, Tensor) else v for k, v in s.items()}
+                          for i, s in self.state.items()}
+
+    def checkpointed_step(self, loss_fn: Callable[[], Tensor]) -> Tensor:
+        """One differentiable update whose graph is recomputed during backward, not stored.
+
+        ``theta_t`` and the optimizer state go in and ``theta_{t+1}`` and the new state come
+        out of ``torch.utils.checkpoint``, so only they are kept between steps; the
+        activations of ``loss_fn`` and of its gradient are rebuilt when the backward pass
+        reaches this step. The random number generator is replayed, so a stochastic loss
+        sees the same noise. Returns the loss.
+        """
+        n = len(self.params)
+        keys = [(i, k) for i, s in self.state.items() for k, v in s.items() if isinstance(v, Tensor)]
+        static = {i: {k: v for k, v in s.items() if not isinstance(v, Tensor)} for i, s in self.state.items()}
+        out_layout: Dict[str, Any] = {}
+
+        def pure(*flat: Tensor) -> Tuple[Tensor, ...]:
+            self.params = list(flat[:n])
+            self.state = {i: dict(static[i]) for i in static}
+            for (i, k), v in zip(keys, flat[n:]):
+                self.state[i][k] = v
+            with torch.enable_grad():
+                loss = loss_fn()
+                self.step(loss, create_graph=True)
+            new_keys = [(i, k) for i, s in self.state.items() for k, v in s.items() if isinstance(v, Tensor)]
+            out_layout["keys"] = new_keys
+            out_layout["static"] = {i: {k: v for k, v in s.items() if not isinstance(v, Tensor)}
+                                    for i, s in self.state.items()}
+            return (loss, *self.params, *(self.state[i][k] for i, k in new_keys))
+
+        flat_in = [*self.params, *(self.state[i][k] for i, k in keys)]
+        out = torch.utils.checkpoint.checkpoint(pure, *flat_in, use_reentrant=False)
+        self.params = list(out[1: 1 + n])
+        self.state = {i: dict(out_layout["static"][i]) for i in out_layout["static"]}
+        for (i, k), v in zip(out_layout["keys"], out[1 + n:]):
+            self.state[i][k] = v
+        return out[0]
 
 
 class _MethodCaller(nn.Module):
@@ -170,6 +212,7 @@ class HigherBackend:
         # track_higher_grads=False on the *module* only keeps one list of fast weights
         # instead of appending one per rebinding; the optimizer still builds the graph.
         self.fmodel = higher.patch.monkeypatch(module, copy_initial_weights=True, track_higher_grads=False)
+        self._trainable = [p.requires_grad for p in module.parameters()]
         self.diffopt = higher.optim.get_diff_optim(
             optimizer, list(module.parameters()), fmodel=self.fmodel, track_higher_grads=True
         )
@@ -196,8 +239,17 @@ class HigherBackend:
         finally:
             self._box[0] = None
 
-    def step(self, loss: Tensor) -> None:
+    def step(self, loss: Tensor, create_graph: bool = True) -> None:
+        """One update; ``create_graph=False`` takes a constant step (no hypergradient)."""
+        self.diffopt._track_higher_grads = create_graph
         self.diffopt.step(loss)
+        if not create_graph:  # higher re-enables grad on every detached parameter: keep frozen ones frozen
+            for p, trainable in zip(self.fmodel.fast_params, self._trainable):
+                p.requires_grad_(trainable)
+
+    def checkpointed_step(self, loss_fn: Callable[[], Tensor]) -> Tensor:
+        raise ValueError("checkpoint=True needs backend='func': higher's patched module and optimizer "
+                         "hold state that a recomputation would advance twice")
 
 
 BACKENDS = {"higher": HigherBackend, "func": FuncBackend}
