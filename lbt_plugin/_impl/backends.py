@@ -67,10 +67,12 @@ class FuncBackend:
             for i, p in zip(ids, group["params"])
         }
         self._caller = _MethodCaller(module)
+        self._caller_names = ["m." + n for n in self.names]  # names as seen from the caller, built once
+        self._caller_buffers = {"m." + n: b for n, b in self.buffers.items()}
 
     def call(self, path: str, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
-        mapping = {"m." + n: p for n, p in zip(self.names, self.params)}
-        mapping.update({"m." + n: b for n, b in self.buffers.items()})
+        mapping = dict(zip(self._caller_names, self.params))
+        mapping.update(self._caller_buffers)
         return torch.func.functional_call(self._caller, mapping, (path, name, args, kwargs))
 
     def step(self, loss: Tensor, create_graph: bool = True) -> None:
