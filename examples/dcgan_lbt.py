@@ -1,0 +1,336 @@
+"""DCGAN with Learning by Teaching: the PyTorch DCGAN loop, plus the lines marked ``# LBT``.
+
+    python examples/dcgan_lbt.py                      # short LBT-GAN run on Fashion-MNIST (offline)
+    python examples/dcgan_lbt.py --lbt-weight 0       # plain DCGAN
+    python examples/dcgan_lbt.py --lbt-only           # pure LBT (no discriminator)
+    python examples/dcgan_lbt.py --resume out/dcgan_lbt/checkpoint.pt --steps 2000
+
+Data: Fashion-MNIST from Debian's path (/usr/share/datasets/fashion-mnist, package
+``dataset-fashion-mnist``) or ``--data-root``, else torchvision's download when online;
+also ``mnist``, ``cifar10``, ``folder`` (an ImageFolder) and ``stacked-`` variants
+(three digits as RGB channels: 1000 modes).
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import random
+import struct
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torchvision.utils as vutils
+from tqdm import tqdm
+
+from lbt_plugin import LBTLoss  # LBT
+from lbt_plugin.estimators import ConvVAE  # LBT
+
+DEBIAN_ROOTS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist"), "mnist": Path("/usr/share/datasets/mnist")}
+
+
+# ----------------------------------------------------------------------------- data
+def _read_idx(path: Path) -> torch.Tensor:
+    """An idx file (optionally gzipped), as in the MNIST distribution, to a uint8 tensor."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    magic, = struct.unpack(">I", data[:4])
+    ndim = magic & 0xFF
+    if magic >> 8 != 0x08 or not 1 <= ndim <= 4:
+        raise ValueError(f"{path} is not an idx file of unsigned bytes")
+    shape = struct.unpack(">" + "I" * ndim, data[4: 4 + 4 * ndim])
+    return torch.frombuffer(bytearray(data[4 + 4 * ndim:]), dtype=torch.uint8).reshape(shape)
+
+
+def _find_idx(root: Path, stem: str) -> Optional[Path]:
+    for sub in ("", "raw", "FashionMNIST/raw", "MNIST/raw"):
+        for suffix in ("", ".gz"):
+            p = root / sub / f"{stem}{suffix}"
+            if p.is_file():
+                return p
+    return None
+
+
+def load_digits(name: str, root: Optional[Path]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Images ``[N, 28, 28]`` uint8 and labels of MNIST or Fashion-MNIST, offline first."""
+    roots = [root] if root else [DEBIAN_ROOTS[name], Path("data")]
+    for r in roots:
+        if r is not None and r.exists():
+            images, labels = _find_idx(r, "train-images-idx3-ubyte"), _find_idx(r, "train-labels-idx1-ubyte")
+            if images and labels:
+                return _read_idx(images), _read_idx(labels)
+    if root is not None and not root.exists():
+        raise FileNotFoundError(f"--data-root {root} does not exist")
+    try:
+        import torchvision.datasets as dsets
+
+        cls = dsets.FashionMNIST if name == "fashion-mnist" else dsets.MNIST
+        ds = cls(str(root or "data"), train=True, download=True)
+        return ds.data, ds.targets
+    except Exception as exc:  # offline, or the mirror is unreachable
+        package = "dataset-fashion-mnist" if name == "fashion-mnist" else "a package with MNIST's idx files"
+        raise FileNotFoundError(
+            f"{name} was not found offline ({', '.join(str(r) for r in roots if r)}) and could not be downloaded "
+            f"({type(exc).__name__}). Install Debian's {package} (apt-get install {package}), or pass --data-root "
+            f"to a folder with the idx files, or run once with internet access."
+        ) from None
+
+
+def load_dataset(name: str, root: Optional[Path], image_size: int) -> torch.Tensor:
+    """The whole training set as a float tensor ``[N, C, H, W]`` in [-1, 1]."""
+    import torch.nn.functional as F
+
+    stacked = name.startswith("stacked-")
+    base = name.removeprefix("stacked-")
+    if base in DEBIAN_ROOTS:
+        images, _ = load_digits(base, root)
+        x = images.float().div(255).unsqueeze(1)
+    elif base in ("cifar10", "folder"):
+        import torchvision.datasets as dsets
+        import torchvision.transforms as T
+
+        if base == "folder":
+            if root is None or not root.is_dir():
+                raise FileNotFoundError(f"--data-root must be a folder of images for --dataset folder, got {root}")
+            ds = dsets.ImageFolder(str(root), transform=T.Compose([T.Resize(image_size), T.CenterCrop(image_size),
+                                                                    T.ToTensor()]))
+        else:
+            ds = dsets.CIFAR10(str(root or "data"), train=True, download=root is None, transform=T.ToTensor())
+        if len(ds) == 0:
+            raise ValueError(f"no images under {root}")
+        x = torch.stack([ds[i][0] for i in range(len(ds))])
+    else:
+        raise ValueError(f"unknown dataset {name!r}")
+    if x.shape[-1] != image_size:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    x = x * 2 - 1
+    if stacked:
+        if x.shape[1] != 1:
+            raise ValueError("stacked datasets are built from single-channel digit sets")
+        g = torch.Generator().manual_seed(0)
+        idx = torch.randint(len(x), (len(x), 3), generator=g)
+        x = x[idx].squeeze(2)  # [N, 3, H, W]: three random digits as the RGB channels
+    return x
+
+
+def batch_indices(n: int, batch: int, step: int, seed: int) -> torch.Tensor:
+    """The indices of batch ``step``: a fresh permutation each epoch, a pure function of (seed, step)."""
+    per_epoch = n // batch
+    epoch, i = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return perm[i * batch: (i + 1) * batch]
+
+
+# ----------------------------------------------------------------------------- models
+def weights_init(m: nn.Module) -> None:
+    classname = m.__class__.__name__
+    if classname.find("Conv") != -1:
+        nn.init.normal_(m.weight.data, 0.0, 0.02)
+    elif classname.find("BatchNorm") != -1:
+        nn.init.normal_(m.weight.data, 1.0, 0.02)
+        nn.init.constant_(m.bias.data, 0)
+
+
+class Generator(nn.Module):
+    def __init__(self, nz: int, ngf: int, nc: int, image_size: int):
+        super().__init__()
+        self.latent_shape = (nz, 1, 1)  # LBTLoss reads this to draw z
+        s = image_size // 4
+        self.main = nn.Sequential(
+            nn.ConvTranspose2d(nz, ngf * 4, s, 1, 0, bias=False), nn.BatchNorm2d(ngf * 4), nn.ReLU(True),
+            nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 2), nn.ReLU(True),
+            nn.ConvTranspose2d(ngf * 2, nc, 4, 2, 1, bias=False), nn.Tanh(),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.main(z)
+
+
+class Discriminator(nn.Module):
+    def __init__(self, ndf: int, nc: int, image_size: int):
+        super().__init__()
+        s = image_size // 4
+        self.main = nn.Sequential(
+            nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf * 2, 1, s, 1, 0, bias=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x).view(-1)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: Path, state: Dict) -> None:
+    """Write atomically: a crash while saving leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path) -> Dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); it is truncated or not a "
+                         "checkpoint of dcgan_lbt.py. Earlier checkpoints are untouched.") from None
+    missing = {"step", "netG", "netD", "optG", "optD", "rng", "args"} - set(state)
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {sorted(missing)}: not a checkpoint of dcgan_lbt.py")
+    return state
+
+
+# ----------------------------------------------------------------------------- main
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="fashion-mnist",
+                   choices=["fashion-mnist", "mnist", "cifar10", "folder", "stacked-fashion-mnist", "stacked-mnist"])
+    p.add_argument("--data-root", type=Path, default=None)
+    p.add_argument("--image-size", type=int, default=28)
+    p.add_argument("--steps", type=int, default=300, help="generator updates (total, also when resuming)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--nz", type=int, default=100)
+    p.add_argument("--ngf", type=int, default=64)
+    p.add_argument("--ndf", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--beta1", type=float, default=0.5)
+    p.add_argument("--lbt-weight", type=float, default=1.0, help="weight of the LBT term; 0 gives plain DCGAN")
+    p.add_argument("--lbt-only", action="store_true", help="pure LBT: no discriminator")
+    p.add_argument("--k", type=int, default=5, help="unrolled estimator steps")
+    p.add_argument("--teach-steps", type=int, default=1, help="ordinary estimator steps per generator step")
+    p.add_argument("--backend", choices=["higher", "func"], default="higher")
+    p.add_argument("--est-lr", type=float, default=3e-4)
+    p.add_argument("--est-latent", type=int, default=64, help="ConvVAE latent size")
+    p.add_argument("--est-width", type=int, default=32, help="ConvVAE base channels")
+    p.add_argument("--warmup", type=int, default=0, help="pure-GAN steps before the LBT term starts")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("out/dcgan_lbt"))
+    p.add_argument("--sample-every", type=int, default=100)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--resume", type=Path, default=None)
+    p.add_argument("--tensorboard", action="store_true", help="log losses to OUT/tb (needs tensorboard)")
+    args = p.parse_args(argv)
+    if args.image_size % 4 or args.image_size < 8:
+        p.error(f"--image-size must be a multiple of 4 (>= 8) for this architecture, got {args.image_size}")
+    if args.lbt_only and args.lbt_weight == 0:
+        p.error("--lbt-only with --lbt-weight 0 trains nothing")
+    for name in ("steps", "batch_size", "k", "sample_every", "checkpoint_every"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    return args
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+
+    data = load_dataset(args.dataset, args.data_root, args.image_size)
+    if data.shape[-1] != args.image_size or len(data) < args.batch_size:
+        raise ValueError(f"need at least {args.batch_size} images of size {args.image_size}, got {tuple(data.shape)}")
+    nc = data.shape[1]
+
+    netG = Generator(args.nz, args.ngf, nc, args.image_size).to(device)
+    netG.apply(weights_init)
+    netD = Discriminator(args.ndf, nc, args.image_size).to(device)
+    netD.apply(weights_init)
+    criterion = nn.BCEWithLogitsLoss()
+    fixed_noise = torch.randn(64, args.nz, 1, 1, device=device)
+    optimizerD = torch.optim.Adam(netD.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
+    optimizerG = torch.optim.Adam(netG.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
+
+    use_lbt = args.lbt_weight != 0  # LBT
+    if use_lbt:  # LBT
+        netE = ConvVAE(nc, args.image_size, latent_dim=args.est_latent, base=args.est_width).to(device)  # LBT
+        optimizerE = torch.optim.Adam(netE.parameters(), lr=args.est_lr, betas=(0.5, 0.999))  # LBT
+        lbt = LBTLoss(netE, k=args.k, optimizer=optimizerE, teach_steps=args.teach_steps,  # LBT
+                      weight=args.lbt_weight, backend=args.backend)  # LBT
+
+    start = 0
+    if args.resume:
+        state = load_checkpoint(args.resume)
+        netG.load_state_dict(state["netG"]), netD.load_state_dict(state["netD"])
+        optimizerG.load_state_dict(state["optG"]), optimizerD.load_state_dict(state["optD"])
+        if use_lbt:
+            lbt.load_state_dict(state["lbt"])  # LBT
+        fixed_noise = state["fixed_noise"].to(device)
+        torch.set_rng_state(state["rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        start = int(state["step"])
+
+    writer = None
+    if args.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(args.out / "tb"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    ckpt = args.out / "checkpoint.pt"
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="training")
+    for step in bar:
+        real = data[batch_indices(len(data), args.batch_size, step, args.seed)].to(device)
+        b = real.size(0)
+        noise = torch.randn(b, args.nz, 1, 1, device=device)
+        fake = netG(noise)
+        errD = torch.zeros(())
+        if not args.lbt_only:
+            # (1) Update D: maximize log(D(x)) + log(1 - D(G(z)))
+            netD.zero_grad()
+            errD = criterion(netD(real), torch.ones(b, device=device)) + \
+                criterion(netD(fake.detach()), torch.zeros(b, device=device))
+            errD.backward()
+            optimizerD.step()
+        # (2) Update G: maximize log(D(G(z)))
+        netG.zero_grad()
+        errG = criterion(netD(fake), torch.ones(b, device=device)) if not args.lbt_only else torch.zeros(())
+        errLBT = torch.zeros(())  # LBT
+        if use_lbt and step >= args.warmup:  # LBT
+            errLBT = lbt(fake, real)  # LBT: teach E on G's samples, unroll K steps, score real data
+        (errG + errLBT).backward()  # LBT: errG.backward() in the plain loop
+        optimizerG.step()
+
+        bar.set_postfix(D=f"{errD.item():.3f}", G=f"{errG.item():.3f}", LBT=f"{errLBT.item():.1f}")
+        if writer:
+            writer.add_scalars("loss", {"D": errD.item(), "G": errG.item(), "LBT": errLBT.item()}, step)
+        done = step + 1
+        if done % args.sample_every == 0 or done == args.steps:
+            with torch.no_grad():
+                netG.eval()
+                samples = netG(fixed_noise)
+                netG.train()
+            vutils.save_image(samples, args.out / f"samples_{done:06d}.png", normalize=True, value_range=(-1, 1))
+        if done % args.checkpoint_every == 0 or done == args.steps:
+            state = {"step": done, "netG": netG.state_dict(), "netD": netD.state_dict(),
+                     "optG": optimizerG.state_dict(), "optD": optimizerD.state_dict(),
+                     "fixed_noise": fixed_noise.cpu(), "rng": torch.get_rng_state(),
+                     "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+            if use_lbt:
+                state["lbt"] = lbt.state_dict()  # LBT
+            if device.type == "cuda":
+                state["cuda_rng"] = torch.cuda.get_rng_state(device)
+            save_checkpoint(ckpt, state)
+    if writer:
+        writer.close()
+    print(f"samples in {args.out}/samples_*.png, checkpoint {ckpt}", file=sys.stderr)
+    return ckpt
+
+
+if __name__ == "__main__":
+    main()
