@@ -168,5 +168,24 @@ def profile(estimator_spec, generator_spec, optimizer_spec, data_shape, latent_s
     click.echo(format_profile(rows))
 
 
+@main.command()
+@click.argument("path_a", type=click.Path(exists=True))
+@click.argument("path_b", type=click.Path(exists=True))
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="FID Inception weights file (pt_inception-2015-12-05-6726825d.pth); default: torch hub cache.")
+@click.option("--dims", type=click.Choice(["64", "192", "768", "2048"]), default="2048", show_default=True)
+@click.option("--batch-size", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default="cpu", show_default=True)
+def fid(path_a, path_b, weights, dims, batch_size, device) -> None:
+    """FID between two folders of images or .npz statistics, computed by pytorch-fid."""
+    from .metrics import fid as fid_value
+
+    try:
+        value = fid_value(path_a, path_b, weights=weights, dims=int(dims), batch_size=batch_size, device=device)
+    except (RuntimeError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"FID: {value}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

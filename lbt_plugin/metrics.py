@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["Mixture", "ring", "grid", "ModeStats", "mode_stats"]
+__all__ = ["Mixture", "ring", "grid", "ModeStats", "mode_stats", "fid", "save_images",
+           "DigitClassifier", "train_digit_classifier", "StackedModeStats", "stacked_mode_stats"]
 
 
 @dataclass(frozen=True)
@@ -90,3 +91,169 @@ def mode_stats(samples: Tensor, mixture: Mixture, n_std: float = 3.0) -> ModeSta
     else:
         kl = math.inf
     return ModeStats(int((counts > 0).sum()), n_good / samples.shape[0], kl, counts)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FID, through pytorch-fid's own functions
+# ---------------------------------------------------------------------------------------------------------------
+FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+
+
+def fid(path_a: str, path_b: str, *, weights: Optional[str] = None, dims: int = 2048, batch_size: int = 50,
+        device: str = "cpu", num_workers: int = 0) -> float:
+    """Fréchet Inception Distance between two folders of images or ``.npz`` statistics files.
+
+    Calls ``pytorch_fid.fid_score.calculate_fid_given_paths``: the numbers are pytorch-fid's.
+    The FID Inception weights come from the torch hub cache (``$TORCH_HOME/hub/checkpoints/``,
+    filled by pytorch-fid's first online run) or from ``weights``, a path to that file, which is
+    linked into a temporary hub cache so pytorch-fid loads it the usual way.
+    """
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from pytorch_fid.fid_score import calculate_fid_given_paths
+
+    for p in (path_a, path_b):
+        if not Path(p).exists():
+            raise FileNotFoundError(f"no such folder or .npz file: {p}")
+    if weights is not None and not Path(weights).is_file():
+        raise FileNotFoundError(f"no FID Inception weights at {weights}")
+    home = os.environ.get("TORCH_HOME")
+    with tempfile.TemporaryDirectory() as tmp:
+        if weights is not None:
+            cache = Path(tmp) / "hub" / "checkpoints"
+            cache.mkdir(parents=True)
+            (cache / FID_WEIGHTS_FILE).symlink_to(Path(weights).resolve())
+            os.environ["TORCH_HOME"] = tmp
+        try:
+            return float(calculate_fid_given_paths([str(path_a), str(path_b)], batch_size, device, dims, num_workers))
+        except OSError as exc:  # urllib's URLError is an OSError: offline without cached weights
+            if "urlopen" in str(exc) or "Network" in str(exc) or "resolution" in str(exc) or "URL" in type(exc).__name__:
+                raise RuntimeError(
+                    f"the FID Inception weights ({FID_WEIGHTS_FILE}) are not in the torch hub cache and this machine "
+                    "cannot download them: run once online (pytorch-fid downloads them), or pass --weights PATH."
+                ) from None
+            raise
+        finally:
+            if weights is not None:
+                if home is None:
+                    os.environ.pop("TORCH_HOME", None)
+                else:
+                    os.environ["TORCH_HOME"] = home
+
+
+def save_images(images: Tensor, folder: str, value_range: Tuple[float, float] = (-1.0, 1.0)) -> None:
+    """Write a batch ``[N, C, H, W]`` as PNG files (``0000000.png``, ...), e.g. to compute FID of samples."""
+    from pathlib import Path
+
+    import torchvision.utils as vutils
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        vutils.save_image(img, out / f"{i:07d}.png", normalize=True, value_range=value_range)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stacked digits: 1000 modes (three digits as the three channels)
+# ---------------------------------------------------------------------------------------------------------------
+class DigitClassifier(nn.Module):
+    """A small CNN for 28x28 single-channel digits in [-1, 1] (larger or smaller inputs are resized)."""
+
+    def __init__(self, n_classes: int = 10):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64 * 5 * 5, 128), nn.ReLU(), nn.Linear(128, n_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != 28:
+            x = nn.functional.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)
+        return self.net(x)
+
+
+def _as_digits(images: Tensor) -> Tensor:
+    if images.dtype == torch.uint8:
+        images = images.float().div(255).mul(2).sub(1)
+    return images if images.dim() == 4 else images.unsqueeze(1)
+
+
+def train_digit_classifier(images: Tensor, labels: Tensor, *, epochs: int = 2, batch_size: int = 128,
+                           cache: Optional[str] = None, seed: int = 0, progress: bool = True) -> Tuple[nn.Module, float]:
+    """Train (or load from ``cache``) the digit classifier the stacked mode count relies on.
+
+    ``images``: ``[N, 28, 28]`` uint8 or ``[N, 1, H, W]`` in [-1, 1]. The last tenth is held out;
+    returns the model (in eval mode) and its held-out accuracy, which should be printed
+    beside any mode count: a mode count is only as good as the classifier.
+    """
+    from pathlib import Path
+
+    if cache is not None and Path(cache).is_file():
+        state = torch.load(cache, map_location="cpu", weights_only=True)
+        model = DigitClassifier(int(state["n_classes"]))
+        model.load_state_dict(state["model"])
+        return model.eval(), float(state["accuracy"])
+    x, y = _as_digits(images), labels.long()
+    if len(x) != len(y) or len(x) < 20:
+        raise ValueError(f"need at least 20 labelled images, got {len(x)} images and {len(y)} labels")
+    n_test = max(len(x) // 10, 10)
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(x), generator=gen)
+    train_idx, test_idx = perm[:-n_test], perm[-n_test:]
+    torch.manual_seed(seed)
+    n_classes = int(y.max()) + 1
+    model = DigitClassifier(n_classes)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    from tqdm import tqdm
+
+    for epoch in range(epochs):
+        order = train_idx[torch.randperm(len(train_idx), generator=gen)]
+        for i in tqdm(range(0, len(order), batch_size), desc=f"classifier epoch {epoch + 1}/{epochs}",
+                      disable=not progress, leave=False):
+            idx = order[i: i + batch_size]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model(x[test_idx[i: i + 1000]]).argmax(1) for i in range(0, n_test, 1000)])
+    accuracy = float((pred == y[test_idx]).float().mean())
+    if cache is not None:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": model.state_dict(), "accuracy": accuracy, "n_classes": n_classes}, cache)
+    return model, accuracy
+
+
+@dataclass(frozen=True)
+class StackedModeStats:
+    modes: int  #: modes (digit triples) with at least one sample, out of n_classes ** 3
+    kl: float  #: KL(histogram of modes || uniform over all n_classes ** 3 modes)
+    counts: Tensor  #: samples per mode, index 100 * c0 + 10 * c1 + c2
+
+
+@torch.no_grad()
+def stacked_mode_stats(samples: Tensor, classifier: nn.Module, batch_size: int = 500) -> StackedModeStats:
+    """Modes covered and KL to uniform of stacked-digit samples ``[N, 3, H, W]`` in [-1, 1].
+
+    The Stacked MNIST protocol (VEEGAN, PacGAN): each channel is classified, the
+    triple of digits is the mode, 26,000 samples are usual.
+    """
+    if not isinstance(samples, Tensor) or samples.dim() != 4 or samples.shape[1] != 3:
+        raise ValueError(f"stacked samples must have shape [N, 3, H, W], got {tuple(getattr(samples, 'shape', ()))}")
+    if not torch.isfinite(samples).all():
+        raise ValueError("samples contain NaN or inf")
+    n_classes = classifier.net[-1].out_features if isinstance(classifier, DigitClassifier) else 10
+    device = next(classifier.parameters()).device
+    labels = []
+    for i in range(0, len(samples), batch_size):
+        chunk = samples[i: i + batch_size].to(device)
+        b = chunk.shape[0]
+        pred = classifier(chunk.reshape(b * 3, 1, *chunk.shape[2:])).argmax(1).reshape(b, 3)
+        labels.append((pred[:, 0] * n_classes + pred[:, 1]) * n_classes + pred[:, 2])
+    modes = torch.cat(labels).cpu()
+    counts = torch.bincount(modes, minlength=n_classes**3)
+    q = counts.double() / counts.sum()
+    kl = float((q[q > 0] * (q[q > 0] * n_classes**3).log()).sum())
+    return StackedModeStats(int((counts > 0).sum()), kl, counts)
