@@ -36,6 +36,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ._impl import dist as _dist
 from .unroll import Unroller, UnrolledModule
 
 __all__ = ["LBTLoss"]
@@ -74,6 +75,12 @@ class LBTLoss:
         resample: draw a fresh generator batch for every teaching and unrolled
             step (as the authors' code does) instead of one batch per call.
             Needs a callable generator.
+        distributed: keep the estimator identical on every rank of an initialised
+            ``torch.distributed`` process group: broadcast rank 0's estimator now,
+            average the teaching gradients, and average the unrolled inner gradients
+            with a differentiable all-reduce, so that a run on W ranks equals one
+            process on the global batch. Default: on when a group of more than one
+            rank is initialised. Every rank must call the loss at every step.
         check_finite: raise ``FloatingPointError`` naming the step when a
             log-likelihood is NaN or infinite.
 
@@ -98,6 +105,7 @@ class LBTLoss:
         latent: Latent = None,
         batch_size: Optional[int] = None,
         resample: bool = False,
+        distributed: Optional[bool] = None,
         check_finite: bool = True,
     ):
         if not isinstance(estimator, nn.Module):
@@ -119,7 +127,11 @@ class LBTLoss:
             optimizer = torch.optim.Adam(estimator.parameters(), lr=lr, betas=(0.5, 0.999))
         self.estimator = estimator
         self.optimizer = optimizer
+        self.distributed = _dist.active() if distributed is None else distributed
+        if self.distributed:
+            _dist.broadcast_module_(estimator)  # every rank starts from rank 0's estimator
         self.unroller = Unroller(estimator, optimizer, k, backend=backend, truncate=truncate, checkpoint=checkpoint,
+                                 grad_reduce=_dist.mean_grads_differentiable if self.distributed else None,
                                  check_finite=check_finite)
         self.k, self.teach_steps, self.weight, self.backend = k, teach_steps, weight, backend
         self.latent, self.batch_size, self.resample = latent, batch_size, resample
@@ -160,6 +172,8 @@ class LBTLoss:
             self.optimizer.zero_grad(set_to_none=True)
             nll = -self._log_prob(self.estimator, x, "a teaching step").mean()
             nll.backward()
+            if self.distributed:
+                _dist.mean_grads_(self.estimator.parameters())
             self.optimizer.step()
         if self.teach_steps:
             self.optimizer.zero_grad(set_to_none=True)

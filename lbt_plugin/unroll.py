@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ._impl.backends import BACKENDS, optimizer_index
+from ._impl.backends import BACKENDS, GradReduce, optimizer_index
 
 __all__ = ["Unroller", "UnrolledModule"]
 
@@ -105,6 +105,9 @@ class Unroller:
             instead of storing its graph (``torch.utils.checkpoint``). *Exact*; stores
             only ``theta_t`` and the optimizer state per step, at the price of about one
             more forward/backward of the inner loss per step. Needs ``backend="func"``.
+        grad_reduce: a function applied to the list of inner gradients at every step
+            (``None`` entries for unused parameters), e.g. a differentiable all-reduce
+            across ranks; it must keep the graph.
         check_finite: raise ``FloatingPointError`` naming the step if a loss is
             NaN or infinite (one host synchronisation per call).
 
@@ -123,6 +126,7 @@ class Unroller:
         backend: str = "higher",
         truncate: Optional[int] = None,
         checkpoint: bool = False,
+        grad_reduce: Optional[GradReduce] = None,
         check_finite: bool = True,
     ):
         if not isinstance(module, nn.Module):
@@ -144,9 +148,11 @@ class Unroller:
         optimizer_index(module, optimizer)  # fail now, not at the first call
         self.module, self.optimizer, self.k, self.backend = module, optimizer, k, backend
         self.truncate, self.checkpoint, self.check_finite = truncate, checkpoint, check_finite
+        self.grad_reduce = grad_reduce
 
     def __call__(self, loss_fn: Callable[..., Tensor]) -> UnrolledModule:
-        backend = BACKENDS[self.backend](self.module, self.optimizer, optimizer_index(self.module, self.optimizer))
+        backend = BACKENDS[self.backend](self.module, self.optimizer, optimizer_index(self.module, self.optimizer),
+                                         self.grad_reduce)
         view = UnrolledModule(backend, self.module)
         with_t = _takes_step_index(loss_fn)
         constant_steps = self.k - (self.truncate or self.k)

@@ -27,6 +27,9 @@ from torch import Tensor, nn
 
 from . import rules
 
+#: Applied to the list of inner gradients of each unrolled step (e.g. a differentiable all-reduce).
+GradReduce = Callable[[List[Optional[Tensor]]], List[Optional[Tensor]]]
+
 
 def optimizer_index(module: nn.Module, optimizer: torch.optim.Optimizer) -> List[List[int]]:
     """For each param group, the positions of its parameters in ``module.parameters()``.
@@ -52,8 +55,10 @@ def optimizer_index(module: nn.Module, optimizer: torch.optim.Optimizer) -> List
 class FuncBackend:
     """Unroll with ``torch.func.functional_call`` and ``torch.autograd.grad``."""
 
-    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, index: List[List[int]]):
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, index: List[List[int]],
+                 grad_reduce: Optional[GradReduce] = None):
         self.module = module
+        self.grad_reduce = grad_reduce
         self.rule = rules.rule_for(optimizer)
         self.groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         self.index = index
@@ -81,6 +86,8 @@ class FuncBackend:
         grads = torch.autograd.grad(
             loss, [self.params[i] for i in trainable], create_graph=create_graph, allow_unused=True
         )
+        if self.grad_reduce is not None:
+            grads = self.grad_reduce(list(grads))
         grad_of = dict(zip(trainable, grads))
         for group, ids in zip(self.groups, self.index):
             for i in ids:
@@ -209,14 +216,16 @@ _register_with_higher()
 class HigherBackend:
     """Unroll with ``higher.monkeypatch`` and ``higher.optim.get_diff_optim``."""
 
-    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, index: List[List[int]]):
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, index: List[List[int]],
+                 grad_reduce: Optional[GradReduce] = None):
         rules.rule_for(optimizer)  # the same clear errors as the func backend
         # track_higher_grads=False on the *module* only keeps one list of fast weights
         # instead of appending one per rebinding; the optimizer still builds the graph.
         self.fmodel = higher.patch.monkeypatch(module, copy_initial_weights=True, track_higher_grads=False)
         self._trainable = [p.requires_grad for p in module.parameters()]
         self.diffopt = higher.optim.get_diff_optim(
-            optimizer, list(module.parameters()), fmodel=self.fmodel, track_higher_grads=True
+            optimizer, list(module.parameters()), fmodel=self.fmodel, track_higher_grads=True,
+            grad_callback=grad_reduce,
         )
         # higher keeps the fast weights of a call in a list captured by closures of the
         # patched *class*; classes live in reference cycles, so whatever is left in that
