@@ -4,6 +4,7 @@
     python examples/dcgan_lbt.py --lbt-weight 0       # plain DCGAN
     python examples/dcgan_lbt.py --lbt-only           # pure LBT (no discriminator)
     python examples/dcgan_lbt.py --resume out/dcgan_lbt/checkpoint.pt --steps 2000
+    torchrun --nproc_per_node 2 examples/dcgan_lbt.py --steps 100   # DDP; --batch-size is the global batch
 
 Data: Fashion-MNIST from Debian's path (/usr/share/datasets/fashion-mnist, package
 ``dataset-fashion-mnist``) or ``--data-root``, else torchvision's download when online;
@@ -236,11 +237,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def setup_distributed(args: argparse.Namespace) -> Tuple[int, int, torch.device]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group; returns (rank, world, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, torch.device(args.device)
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if args.device.startswith("cuda"):
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device(args.device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if args.batch_size % world:
+        raise ValueError(f"--batch-size {args.batch_size} (the global batch) must be divisible by {world} ranks")
+    return dist.get_rank(), world, device
+
+
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    device = torch.device(args.device)
+    rank, world, device = setup_distributed(args)
     random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the same on every rank: same init, same global noise, sliced per rank
 
     data = load_dataset(args.dataset, args.data_root, args.image_size)
     if data.shape[-1] != args.image_size or len(data) < args.batch_size:
@@ -263,10 +283,18 @@ def main(argv=None) -> Path:
         lbt = LBTLoss(netE, k=args.k, optimizer=optimizerE, teach_steps=args.teach_steps,  # LBT
                       weight=args.lbt_weight, backend=args.backend)  # LBT
 
+    G, D = netG, netD  # the modules whose weights are saved
+    if world > 1:  # DistributedDataParallel: gradients averaged over ranks; LBTLoss syncs its estimator itself
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        netG = DDP(netG, device_ids=[device.index] if device.type == "cuda" else None)
+        netD = DDP(netD, device_ids=[device.index] if device.type == "cuda" else None)
+    part = slice(rank * args.batch_size // world, (rank + 1) * args.batch_size // world)
+
     start = 0
     if args.resume:
         state = load_checkpoint(args.resume)
-        netG.load_state_dict(state["netG"]), netD.load_state_dict(state["netD"])
+        G.load_state_dict(state["netG"]), D.load_state_dict(state["netD"])
         optimizerG.load_state_dict(state["optG"]), optimizerD.load_state_dict(state["optD"])
         if use_lbt:
             lbt.load_state_dict(state["lbt"])  # LBT
@@ -277,17 +305,17 @@ def main(argv=None) -> Path:
         start = int(state["step"])
 
     writer = None
-    if args.tensorboard:
+    if args.tensorboard and rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(args.out / "tb"))
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt = args.out / "checkpoint.pt"
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="training")
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="training", disable=rank != 0)
     for step in bar:
-        real = data[batch_indices(len(data), args.batch_size, step, args.seed)].to(device)
+        real = data[batch_indices(len(data), args.batch_size, step, args.seed)[part]].to(device)
         b = real.size(0)
-        noise = torch.randn(b, args.nz, 1, 1, device=device)
+        noise = torch.randn(args.batch_size, args.nz, 1, 1, device=device)[part]
         fake = netG(noise)
         errD = torch.zeros(())
         if not args.lbt_only:
@@ -310,14 +338,16 @@ def main(argv=None) -> Path:
         if writer:
             writer.add_scalars("loss", {"D": errD.item(), "G": errG.item(), "LBT": errLBT.item()}, step)
         done = step + 1
+        if rank != 0:
+            continue
         if done % args.sample_every == 0 or done == args.steps:
             with torch.no_grad():
-                netG.eval()
-                samples = netG(fixed_noise)
-                netG.train()
+                G.eval()
+                samples = G(fixed_noise)
+                G.train()
             vutils.save_image(samples, args.out / f"samples_{done:06d}.png", normalize=True, value_range=(-1, 1))
         if done % args.checkpoint_every == 0 or done == args.steps:
-            state = {"step": done, "netG": netG.state_dict(), "netD": netD.state_dict(),
+            state = {"step": done, "netG": G.state_dict(), "netD": D.state_dict(),
                      "optG": optimizerG.state_dict(), "optD": optimizerD.state_dict(),
                      "fixed_noise": fixed_noise.cpu(), "rng": torch.get_rng_state(),
                      "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
@@ -328,7 +358,13 @@ def main(argv=None) -> Path:
             save_checkpoint(ckpt, state)
     if writer:
         writer.close()
-    print(f"samples in {args.out}/samples_*.png, checkpoint {ckpt}", file=sys.stderr)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # rank 0 has written the last checkpoint
+        dist.destroy_process_group()
+    if rank == 0:
+        print(f"samples in {args.out}/samples_*.png, checkpoint {ckpt}", file=sys.stderr)
     return ckpt
 
 

@@ -87,3 +87,20 @@ def test_a_crash_while_saving_keeps_the_last_good_checkpoint(tmp_path, monkeypat
         dcgan_lbt.save_checkpoint(path, {"step": 2})
     assert torch.load(path, weights_only=True) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_torchrun_two_processes(digits, tmp_path):
+    """torchrun --nproc_per_node 2: DDP generator and discriminator, one checkpoint from rank 0."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(root / "examples" / "dcgan_lbt.py"), "--data-root", str(digits), "--out", str(tmp_path), *TINY,
+         "--steps", "3"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=root,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 3 and not any(k.startswith("module.") for k in state["netG"])
