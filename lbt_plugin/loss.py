@@ -165,7 +165,17 @@ class LBTLoss:
                 "the generator's samples do not require grad, so the LBT loss cannot reach the generator: "
                 "do not .detach() them or create them under torch.no_grad()."
             )
+        # Mixed precision: the generator may run under autocast, the LBT term does not. The estimator's
+        # summed log-likelihood and its second derivatives need more than bf16's 8-bit mantissa (measured:
+        # the bf16 hypergradient points the wrong way), so samples are cast up and autocast is off here.
+        dtype = next(self.estimator.parameters()).dtype
+        with torch.autocast(data.device.type, enabled=False):
+            return self._teach_unroll_score(
+                lambda: draw().to(dtype), fake.to(dtype), data.to(dtype) if data.is_floating_point() else data
+            )
 
+    def _teach_unroll_score(self, draw: Callable[[], Tensor], fake: Tensor, data: Tensor) -> Tensor:
+        """Steps (1)-(3) of the module docstring, in the estimator's dtype."""
         # (1) teaching: ordinary maximum-likelihood steps on detached samples
         for _ in range(self.teach_steps):
             x = fake.detach() if not self.resample else self._draw_detached(draw)
