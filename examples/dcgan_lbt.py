@@ -306,8 +306,10 @@ def main(argv=None) -> Path:
 
     writer = None
     if args.tensorboard and rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
-
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise SystemExit("--tensorboard needs the tensorboard package: pip install tensorboard") from None
         writer = SummaryWriter(str(args.out / "tb"))
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt = args.out / "checkpoint.pt"

@@ -65,6 +65,11 @@ def test_bad_inputs_fail_clearly(digits, tmp_path):
         _run(tmp_path / "nowhere", tmp_path)
     with pytest.raises(SystemExit):
         dcgan_lbt.parse_args(["--image-size", "30"])
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(SystemExit, match="pip install tensorboard"):
+            _run(digits, tmp_path, "--steps", "1", "--tensorboard")
     # a corrupt checkpoint: a clear error, and the good one beside it is untouched
     ckpt = _run(digits, tmp_path, "--steps", "2")
     good = ckpt.read_bytes()
