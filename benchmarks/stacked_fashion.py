@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 import dcgan_lbt  # noqa: E402
 
+from lbt_plugin.data import load_digits  # noqa: E402
 from lbt_plugin.metrics import stacked_mode_stats, train_digit_classifier  # noqa: E402
 
 
@@ -45,7 +46,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
-    images, labels = dcgan_lbt.load_digits("fashion-mnist", args.data_root)
+    images, labels = load_digits("fashion-mnist", args.data_root)
     classifier, accuracy = train_digit_classifier(images, labels, epochs=2, cache=str(args.out / "classifier.pt"))
     print(f"classifier: held-out accuracy {100 * accuracy:.1f}%", flush=True)
 

@@ -14,10 +14,8 @@ also ``mnist``, ``cifar10``, ``folder`` (an ImageFolder) and ``stacked-`` varian
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import random
-import struct
 import sys
 import tempfile
 from pathlib import Path
@@ -29,58 +27,8 @@ import torchvision.utils as vutils
 from tqdm import tqdm
 
 from lbt_plugin import LBTLoss  # LBT
+from lbt_plugin.data import DEBIAN_ROOTS, load_digits
 from lbt_plugin.estimators import ConvVAE  # LBT
-
-DEBIAN_ROOTS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist"), "mnist": Path("/usr/share/datasets/mnist")}
-
-
-# ----------------------------------------------------------------------------- data
-def _read_idx(path: Path) -> torch.Tensor:
-    """An idx file (optionally gzipped), as in the MNIST distribution, to a uint8 tensor."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    magic, = struct.unpack(">I", data[:4])
-    ndim = magic & 0xFF
-    if magic >> 8 != 0x08 or not 1 <= ndim <= 4:
-        raise ValueError(f"{path} is not an idx file of unsigned bytes")
-    shape = struct.unpack(">" + "I" * ndim, data[4: 4 + 4 * ndim])
-    return torch.frombuffer(bytearray(data[4 + 4 * ndim:]), dtype=torch.uint8).reshape(shape)
-
-
-def _find_idx(root: Path, stem: str) -> Optional[Path]:
-    for sub in ("", "raw", "FashionMNIST/raw", "MNIST/raw"):
-        for suffix in ("", ".gz"):
-            p = root / sub / f"{stem}{suffix}"
-            if p.is_file():
-                return p
-    return None
-
-
-def load_digits(name: str, root: Optional[Path]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Images ``[N, 28, 28]`` uint8 and labels of MNIST or Fashion-MNIST, offline first."""
-    roots = [root] if root else [DEBIAN_ROOTS[name], Path("data")]
-    for r in roots:
-        if r is not None and r.exists():
-            images, labels = _find_idx(r, "train-images-idx3-ubyte"), _find_idx(r, "train-labels-idx1-ubyte")
-            if images and labels:
-                return _read_idx(images), _read_idx(labels)
-    if root is not None and not root.exists():
-        raise FileNotFoundError(f"--data-root {root} does not exist")
-    try:
-        import torchvision.datasets as dsets
-
-        cls = dsets.FashionMNIST if name == "fashion-mnist" else dsets.MNIST
-        ds = cls(str(root or "data"), train=True, download=True)
-        return ds.data, ds.targets
-    except Exception as exc:  # offline, or the mirror is unreachable
-        package = "dataset-fashion-mnist" if name == "fashion-mnist" else "a package with MNIST's idx files"
-        raise FileNotFoundError(
-            f"{name} was not found offline ({', '.join(str(r) for r in roots if r)}) and could not be downloaded "
-            f"({type(exc).__name__}). Install Debian's {package} (apt-get install {package}), or pass --data-root "
-            f"to a folder with the idx files, or run once with internet access."
-        ) from None
-
 
 def load_dataset(name: str, root: Optional[Path], image_size: int) -> torch.Tensor:
     """The whole training set as a float tensor ``[N, C, H, W]`` in [-1, 1]."""
@@ -352,7 +300,10 @@ def main(argv=None) -> Path:
             state = {"step": done, "netG": G.state_dict(), "netD": D.state_dict(),
                      "optG": optimizerG.state_dict(), "optD": optimizerD.state_dict(),
                      "fixed_noise": fixed_noise.cpu(), "rng": torch.get_rng_state(),
-                     "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+                     "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                     # how to rebuild the generator (lbt-plugin fid samples from checkpoints with this)
+                     "generator_factory": f"{Path(__file__).resolve()}:Generator",
+                     "generator_kwargs": {"nz": args.nz, "ngf": args.ngf, "nc": nc, "image_size": args.image_size}}
             if use_lbt:
                 state["lbt"] = lbt.state_dict()  # LBT
             if device.type == "cuda":

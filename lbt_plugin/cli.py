@@ -1,40 +1,21 @@
 """The ``lbt-plugin`` command line: a thin layer over :mod:`lbt_plugin.check`."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import sys
-from pathlib import Path
 from typing import Any, Callable, Optional, Tuple
 
 import click
 
 from . import __version__
+from ._impl.imports import load_object as _load_object
 
 
 def load_object(spec: str) -> Any:
-    """Resolve ``"pkg.module:name"`` or ``"path/to/file.py:name"`` to the named object."""
-    if ":" not in spec:
-        raise click.BadParameter(f"expected MODULE:NAME or FILE.py:NAME, got {spec!r}")
-    target, _, name = spec.rpartition(":")
+    """Resolve ``"pkg.module:name"`` or ``"path/to/file.py:name"``; a bad spec is a usage error."""
     try:
-        if target.endswith(".py"):
-            path = Path(target)
-            if not path.is_file():
-                raise click.BadParameter(f"no such file: {target}")
-            module_spec = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[path.stem] = module
-            module_spec.loader.exec_module(module)
-        else:
-            sys.path.insert(0, str(Path.cwd()))
-            module = importlib.import_module(target)
-    except ImportError as exc:
-        raise click.BadParameter(f"cannot import {target!r}: {exc}") from exc
-    try:
-        return getattr(module, name)
-    except AttributeError:
-        raise click.BadParameter(f"{target!r} has no attribute {name!r}") from None
+        return _load_object(spec)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _shape(text: Optional[str]) -> Optional[Tuple[int, ...]]:
@@ -169,19 +150,29 @@ def profile(estimator_spec, generator_spec, optimizer_spec, data_shape, latent_s
 
 
 @main.command()
-@click.argument("path_a", type=click.Path(exists=True))
-@click.argument("path_b", type=click.Path(exists=True))
+@click.argument("source_a")
+@click.argument("source_b")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="FID Inception weights file (pt_inception-2015-12-05-6726825d.pth); default: torch hub cache.")
+@click.option("--num-samples", default=10000, show_default=True, type=click.IntRange(min=2),
+              help="Images drawn from a generator checkpoint or taken from a dataset.")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Where a dataset source's idx files are (default: Debian's path, ./data).")
 @click.option("--dims", type=click.Choice(["64", "192", "768", "2048"]), default="2048", show_default=True)
 @click.option("--batch-size", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="cpu", show_default=True)
-def fid(path_a, path_b, weights, dims, batch_size, device) -> None:
-    """FID between two folders of images or .npz statistics, computed by pytorch-fid."""
+def fid(source_a, source_b, weights, num_samples, data_root, dims, batch_size, device) -> None:
+    """FID between two sources, computed by pytorch-fid.
+
+    A source is a folder of images, a .npz of statistics, a checkpoint of
+    examples/dcgan_lbt.py (its generator draws --num-samples images), or a dataset
+    name: fashion-mnist or mnist (its first --num-samples training images).
+    """
     from .metrics import fid as fid_value
 
     try:
-        value = fid_value(path_a, path_b, weights=weights, dims=int(dims), batch_size=batch_size, device=device)
+        value = fid_value(source_a, source_b, weights=weights, dims=int(dims), batch_size=batch_size, device=device,
+                          num_samples=num_samples, data_root=data_root)
     except (RuntimeError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"FID: {value}")

@@ -99,14 +99,21 @@ def mode_stats(samples: Tensor, mixture: Mixture, n_std: float = 3.0) -> ModeSta
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 
 
-def fid(path_a: str, path_b: str, *, weights: Optional[str] = None, dims: int = 2048, batch_size: int = 50,
-        device: str = "cpu", num_workers: int = 0) -> float:
-    """Fréchet Inception Distance between two folders of images or ``.npz`` statistics files.
+def fid(source_a: str, source_b: str, *, weights: Optional[str] = None, dims: int = 2048, batch_size: int = 50,
+        device: str = "cpu", num_workers: int = 0, num_samples: int = 10000,
+        data_root: Optional[str] = None) -> float:
+    """Fréchet Inception Distance between two sources, computed by pytorch-fid.
 
-    Calls ``pytorch_fid.fid_score.calculate_fid_given_paths``: the numbers are pytorch-fid's.
-    The FID Inception weights come from the torch hub cache (``$TORCH_HOME/hub/checkpoints/``,
-    filled by pytorch-fid's first online run) or from ``weights``, a path to that file, which is
-    linked into a temporary hub cache so pytorch-fid loads it the usual way.
+    A source is a folder of images or a ``.npz`` of statistics (passed to pytorch-fid as
+    they are), a ``.pt`` checkpoint of ``examples/dcgan_lbt.py`` (its generator draws
+    ``num_samples`` images), or a dataset name, ``"fashion-mnist"`` or ``"mnist"`` (its first
+    ``num_samples`` training images, from :func:`lbt_plugin.data.load_digits`). Generated and
+    dataset images are written as PNG files to a temporary folder first, so that pytorch-fid
+    reads every source the same way. The value is
+    ``pytorch_fid.fid_score.calculate_fid_given_paths``'s. The FID Inception weights come from the
+    torch hub cache (``$TORCH_HOME/hub/checkpoints/``, filled by pytorch-fid's first online run) or
+    from ``weights``, a path to that file, linked into a temporary hub cache so that pytorch-fid
+    loads it the usual way.
     """
     import os
     import tempfile
@@ -114,20 +121,19 @@ def fid(path_a: str, path_b: str, *, weights: Optional[str] = None, dims: int = 
 
     from pytorch_fid.fid_score import calculate_fid_given_paths
 
-    for p in (path_a, path_b):
-        if not Path(p).exists():
-            raise FileNotFoundError(f"no such folder or .npz file: {p}")
     if weights is not None and not Path(weights).is_file():
         raise FileNotFoundError(f"no FID Inception weights at {weights}")
     home = os.environ.get("TORCH_HOME")
     with tempfile.TemporaryDirectory() as tmp:
+        paths = [_fid_source(s, Path(tmp) / f"source{i}", num_samples, data_root, device)
+                 for i, s in enumerate((source_a, source_b))]
         if weights is not None:
             cache = Path(tmp) / "hub" / "checkpoints"
             cache.mkdir(parents=True)
             (cache / FID_WEIGHTS_FILE).symlink_to(Path(weights).resolve())
             os.environ["TORCH_HOME"] = tmp
         try:
-            return float(calculate_fid_given_paths([str(path_a), str(path_b)], batch_size, device, dims, num_workers))
+            return float(calculate_fid_given_paths(paths, batch_size, device, dims, num_workers))
         except OSError as exc:  # urllib's URLError is an OSError: offline without cached weights
             if "urlopen" in str(exc) or "Network" in str(exc) or "resolution" in str(exc) or "URL" in type(exc).__name__:
                 raise RuntimeError(
@@ -141,6 +147,44 @@ def fid(path_a: str, path_b: str, *, weights: Optional[str] = None, dims: int = 
                     os.environ.pop("TORCH_HOME", None)
                 else:
                     os.environ["TORCH_HOME"] = home
+
+
+def _fid_source(source: str, folder, num_samples: int, data_root: Optional[str], device: str) -> str:
+    """A path pytorch-fid can read for ``source`` (see :func:`fid`)."""
+    from pathlib import Path
+
+    from .data import DEBIAN_ROOTS, load_digits
+
+    path = Path(source)
+    if source in DEBIAN_ROOTS:
+        images, _ = load_digits(source, Path(data_root) if data_root else None)
+        save_images(images[:num_samples].float().div(255).unsqueeze(1), str(folder), value_range=(0.0, 1.0))
+        return str(folder)
+    if path.is_dir() or path.suffix == ".npz":
+        if not path.exists():
+            raise FileNotFoundError(f"no such .npz file: {source}")
+        return str(path)
+    if path.is_file():
+        from ._impl.imports import load_object
+
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"cannot read {source} as a checkpoint ({type(exc).__name__})") from None
+        if not isinstance(state, dict) or not {"generator_factory", "generator_kwargs", "netG"} <= set(state):
+            raise ValueError(f"{source} is not a generator checkpoint of examples/dcgan_lbt.py "
+                             "(it lacks generator_factory, generator_kwargs or netG)")
+        G = load_object(state["generator_factory"])(**state["generator_kwargs"])
+        G.load_state_dict(state["netG"])
+        G.to(device).eval()
+        gen = torch.Generator(device=device).manual_seed(0)
+        with torch.no_grad():
+            images = torch.cat([G(torch.randn(min(500, num_samples - i), *G.latent_shape, generator=gen,
+                                              device=device)).cpu() for i in range(0, num_samples, 500)])
+        save_images(images, str(folder))
+        return str(folder)
+    raise FileNotFoundError(f"{source} is neither a folder, a .npz file, a checkpoint nor a dataset name "
+                            f"({', '.join(sorted(DEBIAN_ROOTS))})")
 
 
 def save_images(images: Tensor, folder: str, value_range: Tuple[float, float] = (-1.0, 1.0)) -> None:

@@ -1,3 +1,5 @@
+import gzip
+import struct
 import sys
 from pathlib import Path
 
@@ -11,3 +13,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+def _write_idx(path, tensor):
+    header = struct.pack(">I", 0x0800 | tensor.dim()) + struct.pack(">" + "I" * tensor.dim(), *tensor.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + tensor.numpy().tobytes())
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """A tiny synthetic digit set (64 random 28x28 images, 10 labels) as gzipped idx files."""
+    root = tmp_path_factory.mktemp("digits")
+    g = torch.Generator().manual_seed(0)
+    _write_idx(root / "train-images-idx3-ubyte.gz", torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8, generator=g))
+    _write_idx(root / "train-labels-idx1-ubyte.gz", torch.randint(0, 10, (64,), dtype=torch.uint8, generator=g))
+    return root

@@ -1,6 +1,4 @@
 """examples/dcgan_lbt.py on a tiny synthetic digit set: runs, resumes exactly, fails clearly."""
-import gzip
-import struct
 import sys
 from pathlib import Path
 
@@ -12,21 +10,6 @@ import dcgan_lbt  # noqa: E402
 
 TINY = ["--image-size", "8", "--ngf", "4", "--ndf", "4", "--est-width", "4", "--est-latent", "4", "--nz", "8",
         "--batch-size", "16", "--k", "2", "--device", "cpu"]
-
-
-def _write_idx(path, tensor):
-    header = struct.pack(">I", 0x0800 | tensor.dim()) + struct.pack(">" + "I" * tensor.dim(), *tensor.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + tensor.numpy().tobytes())
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("digits")
-    g = torch.Generator().manual_seed(0)
-    _write_idx(root / "train-images-idx3-ubyte.gz", torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8, generator=g))
-    _write_idx(root / "train-labels-idx1-ubyte.gz", torch.randint(0, 10, (64,), dtype=torch.uint8, generator=g))
-    return root
 
 
 def _run(digits, out, *extra):

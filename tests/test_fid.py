@@ -12,6 +12,8 @@ from click.testing import CliRunner
 from lbt_plugin.cli import main
 from lbt_plugin.metrics import FID_WEIGHTS_FILE, save_images
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "examples"))
+
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
@@ -61,3 +63,19 @@ def test_cli_fid_with_weights_path_and_missing_weights(planted, tmp_path):
             missing = CliRunner().invoke(main, ["fid", a, b, "--dims", "64", "--batch-size", "3"])
     assert missing.exit_code == 1
     assert "--weights PATH" in missing.output and FID_WEIGHTS_FILE in missing.output
+
+
+def test_fid_from_a_generator_checkpoint_and_a_dataset(planted, digits, tmp_path):
+    import dcgan_lbt  # examples/, on the path through test_dcgan_example's import or below
+
+    home, _, (a, _) = planted
+    ckpt = dcgan_lbt.main(["--data-root", str(digits), "--out", str(tmp_path), "--image-size", "8", "--ngf", "4",
+                           "--ndf", "4", "--nz", "8", "--batch-size", "16", "--steps", "1", "--lbt-weight", "0",
+                           "--device", "cpu"])
+    with mock.patch.dict(os.environ, {"TORCH_HOME": str(home)}):
+        result = CliRunner().invoke(main, ["fid", str(ckpt), "fashion-mnist", "--data-root", str(digits),
+                                           "--num-samples", "6", "--dims", "64", "--batch-size", "3"])
+        assert result.exit_code == 0, result.output
+        assert _fid(result.output) >= 0
+        bad = CliRunner().invoke(main, ["fid", str(tmp_path / "nothing"), a, "--dims", "64"])
+    assert bad.exit_code == 1 and "neither a folder" in bad.output

@@ -1,0 +1,34 @@
+"""Resolve ``"pkg.module:name"`` or ``"path/to/file.py:name"`` to an object."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def load_object(spec: str) -> Any:
+    """The object named by ``spec``; ``ValueError`` with the reason when it cannot be found."""
+    if ":" not in spec:
+        raise ValueError(f"expected MODULE:NAME or FILE.py:NAME, got {spec!r}")
+    target, _, name = spec.rpartition(":")
+    try:
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_file():
+                raise ValueError(f"no such file: {target}")
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[path.stem] = module
+            module_spec.loader.exec_module(module)
+        else:
+            if str(Path.cwd()) not in sys.path:
+                sys.path.insert(0, str(Path.cwd()))
+            module = importlib.import_module(target)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {target!r}: {exc}") from None
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise ValueError(f"{target!r} has no attribute {name!r}") from None
