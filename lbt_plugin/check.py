@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -56,7 +56,7 @@ class Result:
         return self.status == "FAIL"
 
 
-def _seeded(fn: Callable[[], Tensor], seed: int, device: torch.device) -> Tensor:
+def _seeded(fn: Callable[[], Any], seed: int, device: torch.device) -> Any:
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -98,12 +98,8 @@ def forward_exactness(
     ref = copy.deepcopy(est)
     ref_opt = optimizer_factory(ref)
     ref_opt.load_state_dict(opt.state_dict())
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        torch.manual_seed(0)
-        view = Unroller(est, opt, k, backend=backend)(lambda e: -e.log_prob(x).mean())
-        torch.manual_seed(0)
-        for _ in range(k):
-            real_step(ref, ref_opt)
+    view = _seeded(lambda: Unroller(est, opt, k, backend=backend)(lambda e: -e.log_prob(x).mean()), 0, x.device)
+    _seeded(lambda: [real_step(ref, ref_opt) for _ in range(k)], 0, x.device)
     err = 0.0
     for a, b in zip(view.parameters(), ref.parameters()):
         err = max(err, ((a.detach() - b.detach()).abs().max() / b.detach().abs().max().clamp_min(1.0)).item())

@@ -30,6 +30,21 @@ def _shape(text: Optional[str]) -> Optional[Tuple[int, ...]]:
     return shape
 
 
+def _models(estimator_spec: Optional[str], generator_spec: Optional[str], data_shape: Optional[str],
+            hidden: int) -> Tuple[Callable, Callable, Tuple[int, ...]]:
+    """The user's factories and data shape, or the built-in tiny models (of width ``hidden``) on 2-D data."""
+    from ._impl.toy import TinyCoupling, TinyGenerator
+
+    estimator_factory = load_object(estimator_spec) if estimator_spec else (lambda: TinyCoupling(2, hidden))
+    generator_factory = load_object(generator_spec) if generator_spec else (lambda: TinyGenerator(4, 2, hidden))
+    shape = _shape(data_shape)
+    if shape is None:
+        if generator_spec or estimator_spec:
+            raise click.UsageError("--data-shape is required with your own models (e.g. --data-shape 1,28,28)")
+        shape = (2,)
+    return estimator_factory, generator_factory, shape
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lbt-plugin")
 def main() -> None:
@@ -65,16 +80,9 @@ def check(estimator_spec, generator_spec, optimizer_spec, data_shape, latent_sha
     checks that every generator parameter gets a finite gradient. Exits with
     status 1 when a check fails.
     """
-    from ._impl.toy import TinyCoupling, TinyGenerator
     from .check import format_table, run_checks
 
-    estimator_factory: Callable = load_object(estimator_spec) if estimator_spec else (lambda: TinyCoupling(2, 16))
-    generator_factory: Callable = load_object(generator_spec) if generator_spec else (lambda: TinyGenerator(4, 2, 16))
-    shape = _shape(data_shape)
-    if shape is None:
-        if generator_spec or estimator_spec:
-            raise click.UsageError("--data-shape is required with your own models (e.g. --data-shape 1,28,28)")
-        shape = (2,)
+    estimator_factory, generator_factory, shape = _models(estimator_spec, generator_spec, data_shape, hidden=16)
     optimizers = None
     if optimizer_spec:
         optimizers = {optimizer_spec.rpartition(":")[2]: load_object(optimizer_spec)}
@@ -119,18 +127,12 @@ def profile(estimator_spec, generator_spec, optimizer_spec, data_shape, latent_s
     """
     import torch
 
-    from ._impl.toy import TinyCoupling, TinyGenerator
     from .profile import format_profile, profile_steps
 
     if checkpoint and backend != "func":
         raise click.UsageError("--checkpoint needs --backend func")
-    estimator_factory = load_object(estimator_spec) if estimator_spec else (lambda: TinyCoupling(2, 64))
-    generator = (load_object(generator_spec) if generator_spec else (lambda: TinyGenerator(8, 2, 64)))()
-    shape = _shape(data_shape)
-    if shape is None:
-        if generator_spec or estimator_spec:
-            raise click.UsageError("--data-shape is required with your own models")
-        shape = (2,)
+    estimator_factory, generator_factory, shape = _models(estimator_spec, generator_spec, data_shape, hidden=64)
+    generator = generator_factory()
     lat = _shape(latent_shape) or getattr(generator, "latent_shape", None) or getattr(generator, "latent_dim", None)
     if lat is None:
         raise click.UsageError("give --latent-shape, or a latent_dim / latent_shape attribute on the generator")
