@@ -106,12 +106,21 @@ def forward_exactness(
     return err
 
 
-def _loss_fn(
-    estimator: nn.Module, optimizer: torch.optim.Optimizer, generator: nn.Module, data: Tensor, z: Tensor,
-    k: int, backend: str, seed: int,
-) -> Callable[[], Tensor]:
-    lbt = LBTLoss(estimator, k=k, optimizer=optimizer, teach_steps=0, backend=backend)
-    return lambda: _seeded(lambda: lbt(generator, data, z=z), seed, data.device)
+def _float64_problem(
+    estimator: nn.Module, optimizer_factory: OptimizerFactory, generator: nn.Module, data: Tensor, z: Tensor,
+    k: int, backend: str, seed: int, warmup: int,
+) -> Tuple[Callable[[], Tensor], List[Tensor], Tensor]:
+    """On float64 copies: the seeded LBT loss as a function of the generator's parameters, those
+    parameters, and its flat gradient. ``warmup`` teaching steps first give the optimizer a state."""
+    est, gen = copy.deepcopy(estimator).double(), copy.deepcopy(generator).double()
+    data, z = data.double(), z.double()
+    opt = optimizer_factory(est)
+    if warmup:
+        _seeded(lambda: LBTLoss(est, k=1, optimizer=opt, teach_steps=warmup)(gen, data, z=z), seed, data.device)
+    lbt = LBTLoss(est, k=k, optimizer=opt, teach_steps=0, backend=backend)
+    f = lambda: _seeded(lambda: lbt(gen, data, z=z), seed, data.device)  # noqa: E731
+    params = [p for p in gen.parameters() if p.requires_grad]
+    return f, params, _flat(torch.autograd.grad(f(), params, allow_unused=True), params)
 
 
 def hypergradient_error(
@@ -129,15 +138,7 @@ def hypergradient_error(
     (from a fresh state Adam's first step is nearly ``lr * sign(g)`` and the
     hypergradient nearly zero). Returns the larger relative error and the gradient.
     """
-    est, gen = copy.deepcopy(estimator).double(), copy.deepcopy(generator).double()
-    data, z = data.double(), z.double()
-    opt = optimizer_factory(est)
-    if warmup:
-        _seeded(lambda: LBTLoss(est, k=1, optimizer=opt, teach_steps=warmup)(gen, data, z=z), seed, data.device)
-    f = _loss_fn(est, opt, gen, data, z, k, backend, seed)
-    params = [p for p in gen.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(f(), params, allow_unused=True)
-    g = _flat(grads, params)
+    f, params, g = _float64_problem(estimator, optimizer_factory, generator, data, z, k, backend, seed, warmup)
     if not torch.isfinite(g).all() or g.norm() == 0:
         return math.inf, g
     gen_r = torch.Generator(device="cpu").manual_seed(seed)
@@ -165,15 +166,8 @@ def backend_agreement(
     k: int, seed: int = 0,
 ) -> float:
     """Relative difference ``|g_higher - g_func| / |g_func|`` of the hypergradients (float64)."""
-    gs = []
-    for backend in ("higher", "func"):
-        est, gen = copy.deepcopy(estimator).double(), copy.deepcopy(generator).double()
-        opt = optimizer_factory(est)
-        _seeded(lambda: LBTLoss(est, k=1, optimizer=opt, teach_steps=2)(gen, data.double(), z=z.double()),
-                seed, data.device)
-        f = _loss_fn(est, opt, gen, data.double(), z.double(), k, backend, seed)
-        params = [p for p in gen.parameters() if p.requires_grad]
-        gs.append(_flat(torch.autograd.grad(f(), params, allow_unused=True), params))
+    gs = [_float64_problem(estimator, optimizer_factory, generator, data, z, k, backend, seed, warmup=2)[2]
+          for backend in ("higher", "func")]
     return ((gs[0] - gs[1]).norm() / gs[1].norm().clamp_min(1e-300)).item()
 
 

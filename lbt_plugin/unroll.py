@@ -112,8 +112,8 @@ class Unroller:
             NaN or infinite (one host synchronisation per call).
 
     Call it with ``loss_fn(view) -> scalar`` or ``loss_fn(view, t) -> scalar``,
-    evaluated at :math:`\theta_t` for ``t = 0 .. k-1``; the result is the view at
-    :math:`\theta_K`. With ``checkpoint=True`` the loss of step ``t`` is evaluated
+    evaluated at :math:`\\theta_t` for ``t = 0 .. k-1``; the result is the view at
+    :math:`\\theta_K`. With ``checkpoint=True`` the loss of step ``t`` is evaluated
     again during backward: it must be a function of ``t`` (not of a counter).
     """
 

@@ -258,9 +258,5 @@ class HigherBackend:
             for p, trainable in zip(self.fmodel.fast_params, self._trainable):
                 p.requires_grad_(trainable)
 
-    def checkpointed_step(self, loss_fn: Callable[[], Tensor]) -> Tensor:
-        raise ValueError("checkpoint=True needs backend='func': higher's patched module and optimizer "
-                         "hold state that a recomputation would advance twice")
-
 
 BACKENDS = {"higher": HigherBackend, "func": FuncBackend}
