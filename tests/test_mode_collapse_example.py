@@ -24,7 +24,29 @@ def test_benchmark_script_end_to_end(tmp_path):
     assert (tmp_path / "img" / "mode_collapse_grid.png").stat().st_size > 1000
 
 
+def test_benchmark_script_named_table_and_subset(tmp_path):
+    """An ablation writes its own markers and leaves the main table alone; its command line says how to rerun it."""
+    results = tmp_path / "results.md"
+    results.write_text("<!-- 2d-table:start -->\nmain\n<!-- 2d-table:end -->\n")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "mode_collapse_2d.py"), "--steps", "2", "--seeds", "1",
+         "--methods", "lbt", "--datasets", "grid", "--est-optimizer", "adam", "--table", "ablation",
+         "--out", str(tmp_path / "img"), "--results", str(results), "--jobs", "1"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    text = results.read_text()
+    assert "main" in text and "<!-- ablation:start -->" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ")][2:]
+    assert len(rows) == 1 and rows[0].startswith("| grid (25) | LBT |")
+    assert "--est-optimizer adam --methods lbt --datasets grid --table ablation" in text
+
+
 def test_benchmark_script_rejects_bad_arguments():
-    out = subprocess.run([sys.executable, str(ROOT / "examples" / "mode_collapse_2d.py"), "--seeds", "0"],
+    script = str(ROOT / "examples" / "mode_collapse_2d.py")
+    out = subprocess.run([sys.executable, script, "--seeds", "0"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 2 and "must be >= 1" in out.stderr
+    out = subprocess.run([sys.executable, script, "--estimator", "vae"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 2 and "--est-optimizer adam" in out.stderr
