@@ -80,7 +80,7 @@ def make_estimator_optimizer(cfg: Config, mixture: Mixture, est: nn.Module) -> t
     A mean's gradient is ``pi_k (mean of its samples - mu_k) / sigma^2``: the step moves it a fraction
     ``est_lr * pi_k`` of the way, on any scale. SGD's update is linear in the gradient, so the
     unrolled steps pass the teaching signal on in proportion; Adam divides it by its own running
-    magnitude, and on the grid pure LBT then stayed on the centre mode (docs/results.md).
+    magnitude, and on the grid LBT then missed modes (the ablation in docs/results.md).
     """
     if cfg.est_optimizer == "sgd":
         variance = (cfg.component_std * float(mixture.centers.abs().max())) ** 2
