@@ -63,13 +63,18 @@ def mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
                          nn.Linear(hidden, n_out))
 
 
+def component_std(cfg: Config, mixture: Mixture) -> float:
+    """The mixture estimator's fixed std: ``cfg.component_std`` times the data's extent."""
+    return cfg.component_std * float(mixture.centers.abs().max())
+
+
 def make_estimator(cfg: Config, mixture: Mixture) -> nn.Module:
     scale = float(mixture.centers.abs().max())
     if cfg.estimator == "mixture":
         # Fixed component std, relative to the data's extent, like the authors' fixed VAE decoder
         # variance: a learnable std lets the mixture cover far data by widening, and a short unroll
         # then rewards a generator that spreads out (docs/results.md, "What was tried").
-        return GaussianMixture(2, cfg.components, init_scale=scale / 2, init_std=cfg.component_std * scale,
+        return GaussianMixture(2, cfg.components, init_scale=scale / 2, init_std=component_std(cfg, mixture),
                                learn_std=False)
     return VAE(2)
 
@@ -83,8 +88,7 @@ def make_estimator_optimizer(cfg: Config, mixture: Mixture, est: nn.Module) -> t
     magnitude, and on the grid LBT then missed modes (the ablation in docs/results.md).
     """
     if cfg.est_optimizer == "sgd":
-        variance = (cfg.component_std * float(mixture.centers.abs().max())) ** 2
-        return torch.optim.SGD(est.parameters(), lr=cfg.est_lr * variance)
+        return torch.optim.SGD(est.parameters(), lr=cfg.est_lr * component_std(cfg, mixture) ** 2)
     return torch.optim.Adam(est.parameters(), lr=cfg.adam_lr, betas=cfg.betas)
 
 
