@@ -17,20 +17,26 @@ differentiable optimizer steps from the current :math:`\\theta_0`,
 
     \\theta_{t+1} = U\\big(\\theta_t,\\; -\\nabla_\\theta \\tfrac1M \\textstyle\\sum_m \\log p_E(G(z_m); \\theta_t)\\big),
 
-and the generator minimises
+and the generator minimises, for data of :math:`D` dimensions per sample,
 
 .. math::
 
-    \\mathcal{L}_{LBT}(G) = -\\frac1N \\sum_{n=1}^N \\log p_E(x_n; \\theta_K(G)),
+    \\mathcal{L}_{LBT}(G) = -\\frac{1}{N D} \\sum_{n=1}^N \\log p_E(x_n; \\theta_K(G)),
     \\qquad x_n \\sim p_{data},
 
-back-propagating through all K steps. Before the unroll, ``teach_steps`` ordinary
-steps fit :math:`\\theta` to detached samples (the paper's estimator updates).
+back-propagating through all K steps. The :math:`1/D` (``reduction="mean"``, the
+default) gives the loss in nats per data dimension, the density-modelling
+convention, so that ``weight=1`` means the same on 2-D points and on 64x64x3
+images; ``reduction="batchmean"`` drops it (the paper's summed form). Before the
+unroll, ``teach_steps`` ordinary steps fit :math:`\\theta` to detached samples (the
+paper's estimator updates).
 """
 from __future__ import annotations
 
 import copy
 import math
+import numbers
+import warnings
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -44,13 +50,17 @@ __all__ = ["LBTLoss"]
 Latent = Union[int, Sequence[int], Callable[[int, torch.device], Tensor], None]
 Generator = Union[nn.Module, Callable[[Tensor], Tensor], Tensor]
 
+_REDUCTIONS = ("mean", "batchmean")
+
 
 class LBTLoss:
-    """The LBT generator loss :math:`-\\frac1N\\sum_n \\log p_E(x_n;\\theta_K(G))`, times ``weight``.
+    """The LBT generator loss :math:`-\\frac{1}{ND}\\sum_n \\log p_E(x_n;\\theta_K(G))`, times ``weight``.
 
     Args:
         estimator: an ``nn.Module`` with ``log_prob(x) -> Tensor[B]`` (a VAE returns
-            its ELBO there). ``forward`` need not be ``log_prob``.
+            its ELBO there). ``forward`` need not be ``log_prob``. A ``torch.compile``'d
+            module is unrolled through its original module (double backward through a
+            compiled graph is not supported by PyTorch).
         k: unrolled differentiable steps, ``k >= 1`` (the paper uses 5).
         optimizer: the estimator's ``torch.optim`` optimizer (SGD, Adam, AdamW or
             RMSprop). It performs the teaching steps, and its class,
@@ -60,7 +70,15 @@ class LBTLoss:
         teach_steps: ordinary steps of the estimator per call, on detached
             generator samples, before unrolling. ``0`` leaves the estimator's
             parameters, buffers and optimizer state exactly as they were.
-        weight: multiplies the returned loss (``lambda`` of LBT-GAN).
+        weight: multiplies the returned loss (``lambda`` of LBT-GAN; see ``reduction``).
+        reduction: ``"mean"`` (default): nats per data dimension,
+            ``-sum_n log p_E(x_n) / (N * D)`` with ``D`` the number of elements of one
+            data sample, so that ``weight`` means the same at every data size.
+            ``"batchmean"``: ``-sum_n log p_E(x_n) / N``, the paper's form (its LBT-GAN
+            weights apply to this one; ``weight * D`` with ``"mean"`` is the same loss).
+            Only the returned term is scaled: the estimator's own teaching and unrolled
+            steps always minimise ``-mean_m log p_E(G(z_m))``, so its optimizer's
+            learning rate keeps its meaning.
         backend: ``"higher"`` (default) or ``"func"``; same numbers.
         truncate: back-propagate through the last ``truncate`` of the K steps only
             (less memory and time, biased); see :class:`~lbt_plugin.Unroller`.
@@ -69,8 +87,11 @@ class LBTLoss:
         latent: how to draw the generator's input when it is called without
             ``z``: an int ``d`` (``z ~ N(0, I)`` of shape ``[B, d]``), a shape tuple
             (``[B, *shape]``, e.g. ``(100, 1, 1)`` for DCGAN), or a callable
-            ``(batch_size, device) -> z``. When ``None``, the generator's
-            ``latent_shape`` or ``latent_dim`` attribute is used.
+            ``(batch_size, device) -> z``. When ``None``: the generator's
+            ``latent_shape`` or ``latent_dim`` attribute, else read off its first layer
+            (``nn.Linear(d, ...)`` takes ``[B, d]``, ``nn.ConvTranspose2d(c, ...)`` the
+            DCGAN input ``[B, c, 1, 1]``); a read-off shape is confirmed by the
+            generator's output having the data's shape.
         batch_size: generator samples per step; default: the data batch size.
         resample: draw a fresh generator batch for every teaching and unrolled
             step (as the authors' code does) instead of one batch per call.
@@ -81,13 +102,15 @@ class LBTLoss:
             with a differentiable all-reduce, so that a run on W ranks equals one
             process on the global batch. Default: on when a group of more than one
             rank is initialised. Every rank must call the loss at every step.
-        check_finite: raise ``FloatingPointError`` naming the step when a
-            log-likelihood is NaN or infinite.
+        check_finite: check that data and generator samples are finite before
+            anything changes, and raise ``FloatingPointError`` naming the step when a
+            log-likelihood is NaN or infinite (a few host synchronisations per call).
 
     Call ``lbt(generator, data, z=None)``, where ``generator`` is a module or
     callable ``z -> samples``, or a tensor of already generated, differentiable
     samples (a loop that computed ``fake = G(z)`` passes ``fake``; under
-    DistributedDataParallel this keeps one generator forward per step).
+    DistributedDataParallel this keeps one generator forward per step). A call
+    that raises leaves the estimator and its optimizer as they were before it.
     """
 
     def __init__(
@@ -99,6 +122,7 @@ class LBTLoss:
         lr: float = 3e-4,
         teach_steps: int = 1,
         weight: float = 1.0,
+        reduction: str = "mean",
         backend: str = "higher",
         truncate: Optional[int] = None,
         checkpoint: bool = False,
@@ -108,6 +132,7 @@ class LBTLoss:
         distributed: Optional[bool] = None,
         check_finite: bool = True,
     ):
+        estimator = _uncompiled(estimator)
         if not isinstance(estimator, nn.Module):
             raise TypeError(f"estimator must be an nn.Module, got {type(estimator).__name__}")
         if not callable(getattr(estimator, "log_prob", None)):
@@ -119,68 +144,64 @@ class LBTLoss:
             raise ValueError(f"{type(estimator).__name__} has no parameters: there is nothing to teach")
         if isinstance(teach_steps, bool) or not isinstance(teach_steps, int) or teach_steps < 0:
             raise ValueError(f"teach_steps must be an integer >= 0, got {teach_steps!r}")
-        if not math.isfinite(weight):
-            raise ValueError(f"weight must be finite, got {weight!r}")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
+            raise ValueError(f"weight must be a finite number, got {weight!r}")
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if optimizer is None:
             optimizer = torch.optim.Adam(estimator.parameters(), lr=lr, betas=(0.5, 0.999))
-        self.estimator = estimator
-        self.optimizer = optimizer
-        self.distributed = _dist.active() if distributed is None else distributed
+        # Validates k, backend, truncate, checkpoint and that the optimizer can be unrolled, before anything else.
+        distributed = _dist.active() if distributed is None else distributed
+        self.unroller = Unroller(estimator, optimizer, k, backend=backend, truncate=truncate, checkpoint=checkpoint,
+                                 grad_reduce=_dist.mean_grads_differentiable if distributed else None,
+                                 check_finite=check_finite)
+        self.estimator, self.optimizer, self.distributed = estimator, optimizer, distributed
         if self.distributed:
             _dist.broadcast_module_(estimator)  # every rank starts from rank 0's estimator
-        self.unroller = Unroller(estimator, optimizer, k, backend=backend, truncate=truncate, checkpoint=checkpoint,
-                                 grad_reduce=_dist.mean_grads_differentiable if self.distributed else None,
-                                 check_finite=check_finite)
         self.k, self.teach_steps, self.weight, self.backend = k, teach_steps, weight, backend
+        self.reduction = reduction
         self.latent, self.batch_size, self.resample = latent, batch_size, resample
         self.check_finite = check_finite
 
     # -- the call -----------------------------------------------------------------
     def __call__(self, generator: Generator, data: Tensor, z: Optional[Tensor] = None) -> Tensor:
-        """Teach the estimator, unroll K steps, return ``weight * -mean log p_E(data; theta_K)``."""
-        if not isinstance(data, Tensor) or data.dim() < 1:
-            raise TypeError(f"data must be a tensor [N, ...] of real samples, got {type(data).__name__}")
-        if isinstance(generator, Tensor):
-            if z is not None:
-                raise ValueError("z is only used with a generator module or callable, not with samples")
-            if self.resample:
-                raise ValueError("resample=True needs a generator module or callable, not a tensor of samples")
-            draw: Callable[[], Tensor] = lambda: generator  # noqa: E731
-        elif callable(generator):
-            if z is not None and self.resample:
-                raise ValueError("resample=True draws its own latents; do not pass z")
-            draw = lambda: generator(z if z is not None else self._latent(generator, data))  # noqa: E731
-        else:
-            raise TypeError(
-                f"generator must be a module, a callable z -> samples, or a tensor of samples; "
-                f"got {type(generator).__name__}"
-            )
+        """Teach the estimator, unroll K steps, return ``weight * -log p_E(data; theta_K)``, reduced.
 
+        Every check on the inputs runs before the estimator or its optimizer changes.
+        """
+        self._check_data(data)
+        if not torch.is_grad_enabled():
+            raise RuntimeError(
+                "LBTLoss was called with gradients disabled (torch.no_grad() or inference_mode()): the unrolled "
+                "steps need autograd, and the loss exists to be back-propagated. Call it in the generator step, "
+                "outside no_grad; to log it, log the value that step returns."
+            )
+        draw = self._sampler(generator, data, z)
         fake = draw()
         self._check_samples(fake, data)
-        if torch.is_grad_enabled() and not fake.requires_grad:
-            raise ValueError(
-                "the generator's samples do not require grad, so the LBT loss cannot reach the generator: "
-                "do not .detach() them or create them under torch.no_grad()."
-            )
         # Mixed precision: the generator may run under autocast, the LBT term does not. The estimator's
         # summed log-likelihood and its second derivatives need more than bf16's 8-bit mantissa (measured:
         # the bf16 hypergradient points the wrong way), so samples are cast up and autocast is off here.
         dtype = next(self.estimator.parameters()).dtype
-        with torch.autocast(data.device.type, enabled=False):
-            return self._teach_unroll_score(
-                lambda: draw().to(dtype), fake.to(dtype), data.to(dtype) if data.is_floating_point() else data
-            )
+        with torch.autocast(data.device.type, enabled=False), _restored_on_error(self):
+            return self._teach_unroll_score(lambda: draw().to(dtype), fake.to(dtype), data.to(dtype))
 
     def _teach_unroll_score(self, draw: Callable[[], Tensor], fake: Tensor, data: Tensor) -> Tensor:
         """Steps (1)-(3) of the module docstring, in the estimator's dtype."""
         # (1) teaching: ordinary maximum-likelihood steps on detached samples
-        for _ in range(self.teach_steps):
+        for step in range(self.teach_steps):
             x = fake.detach() if not self.resample else self._draw_detached(draw)
             self.optimizer.zero_grad(set_to_none=True)
             nll = -self._log_prob(self.estimator, x, "a teaching step").mean()
+            if self.check_finite and not bool(torch.isfinite(nll)):
+                raise FloatingPointError(
+                    f"the estimator's loss on the generator's samples is {nll.item()} at teaching step "
+                    f"{step + 1} of {self.teach_steps}, before that step was taken; lower the estimator's learning "
+                    "rate or check its log_prob on these samples."
+                )
             nll.backward()
             if self.distributed:
                 _dist.mean_grads_(self.estimator.parameters())
@@ -199,31 +220,89 @@ class LBTLoss:
                 f"log p_E(data; theta_K) is not finite for {int((~torch.isfinite(log_p)).sum())} of "
                 f"{log_p.numel()} data points after {self.k} unrolled steps"
             )
-        return self.weight * -log_p.mean()
+        per = data[0].numel() if self.reduction == "mean" else 1
+        return (self.weight / per) * -log_p.mean()
 
-    # -- helpers ------------------------------------------------------------------
-    def _draw_detached(self, draw: Callable[[], Tensor]) -> Tensor:
-        with torch.no_grad():
-            return draw()
+    # -- inputs -------------------------------------------------------------------
+    def _check_data(self, data: Tensor) -> None:
+        if not isinstance(data, Tensor) or data.dim() < 1:
+            raise TypeError(f"data must be a tensor [N, ...] of real samples, got {type(data).__name__}")
+        if data.is_complex() or not data.is_floating_point():
+            hint = " (images: data.float() / 127.5 - 1 for [-1, 1])" if data.dtype == torch.uint8 else ""
+            raise TypeError(
+                f"data has dtype {data.dtype}; LBTLoss scores real-valued data in the generator's range, as floating "
+                f"point{hint}."
+            )
+        if data.shape[0] == 0 or data[0].numel() == 0:
+            raise ValueError(f"data is empty (shape {tuple(data.shape)}): pass a batch of at least one sample")
+        if self.check_finite and not bool(torch.isfinite(data).all()):
+            raise ValueError(
+                f"data contains {int((~torch.isfinite(data)).sum())} NaN or infinite values; nothing was changed"
+            )
 
-    def _latent(self, generator: Callable[[Tensor], Tensor], data: Tensor) -> Tensor:
-        n = self.batch_size or data.shape[0]
-        spec: Latent = self.latent
-        if spec is None:
-            spec = getattr(generator, "latent_shape", None) or getattr(generator, "latent_dim", None)
+    def _sampler(self, generator: Generator, data: Tensor, z: Optional[Tensor]) -> Callable[[], Tensor]:
+        """A function drawing the generator's samples (the same tensor every time for a tensor argument)."""
+        if isinstance(generator, Tensor):
+            if z is not None:
+                raise ValueError("z is only used with a generator module or callable, not with samples")
+            if self.resample:
+                raise ValueError("resample=True needs a generator module or callable, not a tensor of samples")
+            return lambda: generator
+        if not callable(generator):
+            raise TypeError(
+                f"generator must be a module, a callable z -> samples, or a tensor of samples; "
+                f"got {type(generator).__name__}"
+            )
+        if z is not None:
+            if self.resample:
+                raise ValueError("resample=True draws its own latents; do not pass z")
+            return lambda: generator(z)
+        shape, source = self._latent_spec(generator)
+
+        def draw() -> Tensor:
+            latent = self._draw_latent(shape, generator, data)
+            try:
+                out = generator(latent)
+            except Exception as exc:
+                raise ValueError(
+                    f"the generator failed on z of shape {tuple(latent.shape)} ({source}): "
+                    f"{type(exc).__name__}: {exc}. Pass z=..., or LBTLoss(latent=shape) with the generator's input "
+                    "shape, e.g. latent=(100, 1, 1) for a DCGAN generator."
+                ) from exc
+            if isinstance(out, Tensor) and out.shape[1:] != data.shape[1:] and source.startswith("read off"):
+                raise ValueError(
+                    f"z of shape {tuple(latent.shape)} ({source}) gives samples of shape {tuple(out.shape)}, "
+                    f"but data has {tuple(data.shape)}: the generator's input shape could not be read off its "
+                    "first layer. Pass z=..., or LBTLoss(latent=shape)."
+                )
+            return out
+
+        return draw
+
+    def _latent_spec(self, generator: Callable[[Tensor], Tensor]) -> Tuple[Latent, str]:
+        """The latent spec and where it came from (for error messages)."""
+        if self.latent is not None:
+            return self.latent, f"latent={self.latent!r}"
+        for name in ("latent_shape", "latent_dim"):
+            spec = getattr(generator, name, None)
+            if spec is not None:
+                return spec, f"the generator's {name} {spec!r}"
+        spec = _first_layer_input(generator) if isinstance(generator, nn.Module) else None
         if spec is None:
             raise ValueError(
                 f"cannot tell the latent shape of {type(generator).__name__}: pass z=..., "
                 "LBTLoss(latent=dim or shape or callable), or give the generator a latent_dim / latent_shape attribute."
             )
+        return spec, f"read off its first layer as {spec}"
+
+    def _draw_latent(self, spec: Latent, generator: Callable[[Tensor], Tensor], data: Tensor) -> Tensor:
+        n = self.batch_size or data.shape[0]
         if callable(spec):
             return spec(n, data.device)
         shape: Tuple[int, ...] = (spec,) if isinstance(spec, int) else tuple(spec)
-        dtype = data.dtype if data.is_floating_point() else torch.get_default_dtype()
-        return torch.randn((n, *shape), device=data.device, dtype=dtype)
+        return torch.randn((n, *shape), device=data.device, dtype=_input_dtype(generator, data))
 
-    @staticmethod
-    def _check_samples(fake: Tensor, data: Tensor) -> None:
+    def _check_samples(self, fake: Tensor, data: Tensor) -> None:
         if not isinstance(fake, Tensor):
             raise TypeError(f"the generator returned {type(fake).__name__}, expected a tensor of samples")
         if fake.shape[1:] != data.shape[1:]:
@@ -231,6 +310,29 @@ class LBTLoss:
                 f"generator samples have shape {tuple(fake.shape)} but data has {tuple(data.shape)}: "
                 "everything after the batch dimension must match."
             )
+        if fake.shape[0] == 0:
+            raise ValueError("the generator returned an empty batch of samples")
+        if not fake.is_floating_point():
+            raise TypeError(f"generator samples have dtype {fake.dtype}; they must be floating point")
+        if not fake.requires_grad:
+            raise ValueError(
+                "the generator's samples do not require grad, so the LBT loss cannot reach the generator: "
+                "do not .detach() them or create them under torch.no_grad()."
+            )
+        if self.check_finite and not bool(torch.isfinite(fake).all()):
+            bad = int((~torch.isfinite(fake)).flatten(1).any(1).sum())
+            raise FloatingPointError(
+                f"{bad} of {fake.shape[0]} generator samples contain NaN or inf; the estimator was not taught on "
+                "them and nothing was changed. The generator has diverged: lower its learning rate, or clip its "
+                "gradients."
+            )
+
+    def _draw_detached(self, draw: Callable[[], Tensor]) -> Tensor:
+        with torch.no_grad():
+            x = draw()
+        if self.check_finite and not bool(torch.isfinite(x).all()):
+            raise FloatingPointError("a resampled batch of generator samples contains NaN or inf")
+        return x
 
     @staticmethod
     def _log_prob(estimator: Union[nn.Module, UnrolledModule], x: Tensor, where: str) -> Tensor:
@@ -240,6 +342,8 @@ class LBTLoss:
                 f"log_prob must return a tensor of shape [B] = [{x.shape[0]}] (one log-likelihood per sample); "
                 f"got {tuple(getattr(out, 'shape', ()))} in {where}. Sum over event dimensions inside log_prob."
             )
+        if out.is_complex():
+            raise TypeError(f"log_prob returned a complex tensor in {where}; it must be real")
         return out
 
     # -- checkpointing --------------------------------------------------------------
@@ -249,10 +353,80 @@ class LBTLoss:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Load :meth:`state_dict` output. The optimizer state is copied:
-        ``Optimizer.load_state_dict`` alone would share tensors with ``state``."""
-        self.estimator.load_state_dict(state["estimator"])
-        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        ``Optimizer.load_state_dict`` alone would share tensors with ``state``.
+        Raises ``ValueError`` naming what does not fit, with nothing loaded."""
+        if not isinstance(state, dict) or not {"estimator", "optimizer"} <= set(state):
+            raise ValueError("an LBTLoss state must be a dict with 'estimator' and 'optimizer' (LBTLoss.state_dict())")
+        backup = _snapshot(self)
+        try:
+            self.estimator.load_state_dict(state["estimator"])
+            self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            _restore(self, backup)
+            raise ValueError(f"the LBT state does not fit this estimator or optimizer: {exc}") from None
 
     def __repr__(self) -> str:
         return (f"LBTLoss({type(self.estimator).__name__}, k={self.k}, optimizer={type(self.optimizer).__name__}, "
-                f"teach_steps={self.teach_steps}, weight={self.weight}, backend={self.backend!r})")
+                f"teach_steps={self.teach_steps}, weight={self.weight}, reduction={self.reduction!r}, "
+                f"backend={self.backend!r})")
+
+
+# -- helpers ---------------------------------------------------------------------------
+def _uncompiled(module: Any) -> Any:
+    """The original module of a ``torch.compile``'d one (its parameters are the same tensors)."""
+    original = getattr(module, "_orig_mod", None)
+    if isinstance(module, nn.Module) and isinstance(original, nn.Module):
+        warnings.warn(
+            "LBTLoss unrolls the original module of a torch.compile'd estimator: PyTorch does not support the "
+            "double backward through a compiled graph that the unroll needs. The generator may be compiled.",
+            stacklevel=3,
+        )
+        return original
+    return module
+
+
+def _first_layer_input(generator: nn.Module) -> Optional[Tuple[int, ...]]:
+    """The input shape (without batch) of a generator whose first layer is ``Linear`` or ``ConvTransposeNd``."""
+    for m in generator.modules():
+        if isinstance(m, nn.Linear):
+            return (m.in_features,)
+        if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            return (m.in_channels,) + (1,) * (len(m.kernel_size))
+        if next(m.parameters(recurse=False), None) is not None:
+            return None  # a first layer of another kind: its input shape is not known
+    return None
+
+
+def _input_dtype(generator: Any, data: Tensor) -> torch.dtype:
+    """The dtype to draw ``z`` in: the generator's floating parameters', else the data's."""
+    if isinstance(generator, nn.Module):
+        for p in generator.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return data.dtype
+
+
+def _snapshot(loss: LBTLoss) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
+    est = {k: v.clone() for k, v in loss.estimator.state_dict().items()}
+    return est, copy.deepcopy(loss.optimizer.state_dict())
+
+
+def _restore(loss: LBTLoss, backup: Tuple[Dict[str, Tensor], Dict[str, Any]]) -> None:
+    loss.estimator.load_state_dict(backup[0])
+    loss.optimizer.load_state_dict(backup[1])
+    loss.optimizer.zero_grad(set_to_none=True)
+
+
+class _restored_on_error:
+    """Puts the estimator and its optimizer back as they were when a call with teaching steps raises."""
+
+    def __init__(self, loss: LBTLoss):
+        self.loss = loss
+        self.backup = _snapshot(loss) if loss.teach_steps else None
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is not None and self.backup is not None:
+            _restore(self.loss, self.backup)

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ._impl import rules
 from ._impl.backends import BACKENDS, GradReduce, optimizer_index
 
 __all__ = ["Unroller", "UnrolledModule"]
@@ -145,7 +146,8 @@ class Unroller:
         if checkpoint and backend != "func":
             raise ValueError("checkpoint=True needs backend='func' (higher's patched module and optimizer hold "
                              "state that a recomputation would advance twice)")
-        optimizer_index(module, optimizer)  # fail now, not at the first call
+        rules.rule_for(optimizer)  # fail now, not at the first call
+        optimizer_index(module, optimizer)
         self.module, self.optimizer, self.k, self.backend = module, optimizer, k, backend
         self.truncate, self.checkpoint, self.check_finite = truncate, checkpoint, check_finite
         self.grad_reduce = grad_reduce

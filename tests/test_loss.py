@@ -125,7 +125,7 @@ def test_latent_resolution_and_resample():
     LBTLoss(est, k=2, latent=4)(nn.Sequential(gen), data)
     LBTLoss(est, k=2, latent=(4,))(lambda z: gen(z), data)
     with pytest.raises(ValueError, match="cannot tell the latent shape"):
-        LBTLoss(est, k=2)(nn.Sequential(gen), data)
+        LBTLoss(est, k=2)(lambda z: gen(z), data)
 
 
 def test_bad_input_gets_clear_errors():
@@ -157,10 +157,17 @@ def test_non_finite_log_likelihood_on_data_is_reported():
     est, gen = Gaussian(2), TinyGenerator(4, 2, 8)
     data = torch.randn(16, 2)
     data[3, 0] = float("inf")
-    with pytest.raises(FloatingPointError, match=r"not finite for 1 of 16 data points after 2 unrolled steps"):
+    with pytest.raises(ValueError, match=r"data contains 1 NaN or infinite values"):
         LBTLoss(est, k=2)(gen, data)
-    with pytest.raises(FloatingPointError, match=r"unrolled step 1 of 2"):
-        LBTLoss(est, k=2, teach_steps=0)(gen(torch.randn(16, 4)) * float("nan"), torch.randn(16, 2))
+
+    class Support(Gaussian):  # log p = -inf outside the positive quadrant
+        def log_prob(self, x):
+            return super().log_prob(x).masked_fill((x < 0).any(-1), float("-inf"))
+
+    with pytest.raises(FloatingPointError, match=r"not finite for \d+ of 16 data points after 2 unrolled steps"):
+        LBTLoss(Support(2), k=2, teach_steps=0)(lambda z: gen(z).abs(), torch.randn(16, 2), z=torch.randn(16, 4))
+    with pytest.raises(FloatingPointError, match=r"inner loss is inf at unrolled step 1 of 2"):
+        LBTLoss(Support(2), k=2, teach_steps=0)(gen, torch.randn(16, 2).abs())
 
 
 def test_state_dict_round_trip():
@@ -176,3 +183,117 @@ def test_state_dict_round_trip():
     torch.manual_seed(1)
     b = other(gen, data, z=z)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", ["higher", "func"])
+def test_mean_reduction_is_the_summed_loss_per_data_dimension(backend):
+    """reduction="mean" (default) = -sum_n log p(x_n) / (N * D); "batchmean" = -sum_n log p(x_n) / N."""
+    torch.manual_seed(0)
+    gen = nn.Sequential(nn.Linear(4, 12), nn.Tanh(), nn.Unflatten(1, (3, 2, 2)))
+    est = _Flat(Gaussian(12))
+    data, z = torch.randn(16, 3, 2, 2), torch.randn(16, 4)
+    per_dim = LBTLoss(copy.deepcopy(est), k=2, backend=backend)(gen, data, z=z)
+    summed = LBTLoss(copy.deepcopy(est), k=2, backend=backend, reduction="batchmean")(gen, data, z=z)
+    assert per_dim.item() == pytest.approx(summed.item() / 12, rel=1e-6)
+    view = copy.deepcopy(est)  # the definition, written out: K=2 Adam steps, then the data's mean NLL
+    opt = torch.optim.Adam(view.parameters(), lr=3e-4, betas=(0.5, 0.999))
+    opt.zero_grad()
+    (-view.log_prob(gen(z).detach()).mean()).backward()
+    opt.step()  # the teaching step
+    for _ in range(2):
+        opt.zero_grad()
+        (-view.log_prob(gen(z).detach()).mean()).backward()
+        opt.step()
+    with torch.no_grad():
+        reference = -view.log_prob(data).mean()
+    assert summed.item() == pytest.approx(reference.item(), rel=1e-5)
+    g1 = torch.autograd.grad(per_dim, list(gen.parameters()))
+    g2 = torch.autograd.grad(summed, list(gen.parameters()))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a * 12, b)
+    w = LBTLoss(copy.deepcopy(est), k=2, backend=backend, weight=12.0)(gen, data, z=z)
+    torch.testing.assert_close(w, summed)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        LBTLoss(est, reduction="sum")
+
+
+class _Flat(nn.Module):
+    """An estimator of images [B, C, H, W] that flattens them for a vector density."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def log_prob(self, x):
+        return self.inner.log_prob(x.flatten(1))
+
+
+class _DCGANGenerator(nn.Module):
+    """pytorch/examples' DCGAN generator shape, at 8x8: no latent attribute, input [B, nz, 1, 1]."""
+
+    def __init__(self, nz=6):
+        super().__init__()
+        self.main = nn.Sequential(nn.ConvTranspose2d(nz, 8, 4, 1, 0, bias=False), nn.BatchNorm2d(8), nn.ReLU(True),
+                                  nn.ConvTranspose2d(8, 1, 4, 2, 1, bias=False), nn.Tanh())
+
+    def forward(self, z):
+        return self.main(z)
+
+
+class _MLPGenerator(nn.Module):
+    """Lightning's GAN example shape: first layer Linear(latent_dim, ...), no latent attribute."""
+
+    def __init__(self, latent_dim=5):
+        super().__init__()
+        self.model = nn.Sequential(nn.Linear(latent_dim, 16), nn.LeakyReLU(0.2), nn.Linear(16, 2))
+
+    def forward(self, z):
+        return self.model(z)
+
+
+@pytest.mark.parametrize("backend", ["higher", "func"])
+def test_the_verbatim_line_works_on_generators_without_latent_attributes(backend):
+    from lbt_plugin.estimators import ConvVAE
+
+    data = torch.rand(4, 1, 8, 8) * 2 - 1
+    G = _DCGANGenerator()
+    loss = LBTLoss(ConvVAE(1, 8, latent_dim=2, base=2), k=2, backend=backend)(G, data)
+    loss.backward()
+    assert all(p.grad is not None for p in G.parameters())
+    G2 = _MLPGenerator()
+    LBTLoss(TinyCoupling(2, 8), k=2, backend=backend)(G2, torch.randn(8, 2)).backward()
+    assert all(p.grad is not None for p in G2.parameters())
+
+
+def test_a_latent_shape_that_cannot_be_read_off_fails_clearly():
+    est = TinyCoupling(2, 8)
+
+    class ConvFirst(nn.Module):  # a Conv2d first layer: its input's spatial size is unknown
+        def __init__(self):
+            super().__init__()
+            self.conv, self.out = nn.Conv2d(3, 2, 3), nn.Linear(2, 2)
+
+        def forward(self, z):
+            return self.out(self.conv(z).mean((2, 3)))
+
+    with pytest.raises(ValueError, match="cannot tell the latent shape of ConvFirst"):
+        LBTLoss(est, k=1)(ConvFirst(), torch.randn(8, 2))
+
+    class Spatial(nn.Module):  # ConvTranspose2d first, but it expects [B, 4, 2, 2], not [B, 4, 1, 1]
+        def __init__(self):
+            super().__init__()
+            self.up = nn.ConvTranspose2d(4, 1, 1)
+
+        def forward(self, z):
+            return self.up(z).flatten(1)
+
+    with pytest.raises(ValueError, match=r"read off its first layer as \(4, 1, 1\).*gives samples of shape \(8, 1\)"):
+        LBTLoss(est, k=1)(Spatial(), torch.randn(8, 4))
+    with pytest.raises(ValueError, match=r"latent=\(100, 1, 1\)"):  # latent=100 for a DCGAN generator
+        LBTLoss(ConvVAE_8(), k=1, latent=6)(_DCGANGenerator(), torch.rand(4, 1, 8, 8))
+
+
+def ConvVAE_8():
+    from lbt_plugin.estimators import ConvVAE
+
+    return ConvVAE(1, 8, latent_dim=2, base=2)

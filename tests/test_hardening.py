@@ -1,0 +1,168 @@
+"""Bad input and misuse of LBTLoss: a clear error that names cause and fix, and nothing changed by a failed call."""
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from lbt_plugin import LBTLoss, Unroller
+from lbt_plugin._impl.toy import TinyCoupling, TinyGenerator
+from lbt_plugin.estimators import VAE
+
+
+def _state(lbt):
+    """Everything a failed call must leave alone: estimator parameters and buffers, optimizer state."""
+    out = {f"est.{k}": v.clone() for k, v in lbt.estimator.state_dict().items()}
+    for i, s in enumerate(lbt.optimizer.state.values()):
+        out.update({f"opt{i}.{k}": v.clone() if torch.is_tensor(v) else v for k, v in s.items()})
+    return out
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(
+        torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a)
+
+
+@pytest.fixture
+def warm():
+    """An LBTLoss with a warm Adam state and 3 teaching steps per call, its generator and data."""
+    torch.manual_seed(0)
+    est, gen = TinyCoupling(2, 8), TinyGenerator(4, 2, 8)
+    lbt = LBTLoss(est, k=2, teach_steps=3)
+    data = torch.randn(16, 2)
+    lbt(gen, data).backward()
+    return lbt, gen, data
+
+
+def _fails_and_changes_nothing(lbt, exc, match, *args, **kwargs):
+    before = _state(lbt)
+    with pytest.raises(exc, match=match):
+        lbt(*args, **kwargs)
+    assert _same(before, _state(lbt))
+    assert all(p.grad is None for p in lbt.estimator.parameters())
+
+
+@pytest.mark.parametrize("backend", ["higher", "func"])
+def test_nan_samples_are_refused_before_teaching(warm, backend):
+    lbt, gen, data = warm
+    lbt = LBTLoss(lbt.estimator, k=2, optimizer=lbt.optimizer, teach_steps=3, backend=backend)
+    fake = gen(torch.randn(16, 4))
+    fake = fake * torch.tensor([1.0, float("nan")])  # every sample has a NaN coordinate
+    _fails_and_changes_nothing(lbt, FloatingPointError, "16 of 16 generator samples contain NaN", fake, data)
+    nan_gen = lambda z: gen(z) * float("nan")  # noqa: E731
+    _fails_and_changes_nothing(lbt, FloatingPointError, "generator samples contain NaN", nan_gen, data,
+                               z=torch.randn(16, 4))
+    calls = []
+
+    def nan_later(z):  # finite at the first draw, NaN when resampled for a teaching step
+        calls.append(1)
+        return gen(z) * (1.0 if len(calls) == 1 else float("nan"))
+
+    lbt_r = LBTLoss(lbt.estimator, k=2, optimizer=lbt.optimizer, teach_steps=3, resample=True, backend=backend,
+                    latent=4)
+    _fails_and_changes_nothing(lbt_r, FloatingPointError, "resampled batch of generator samples contains NaN",
+                               nan_later, data)
+
+
+def test_a_diverging_unroll_after_teaching_restores_the_estimator():
+    """The teaching steps succeed, the unroll fails: the estimator and optimizer are put back."""
+    torch.manual_seed(0)
+    est, gen = TinyCoupling(2, 8), TinyGenerator(4, 2, 8)
+    opt = torch.optim.SGD(est.parameters(), lr=1e-3)
+    lbt = LBTLoss(est, k=3, optimizer=opt, teach_steps=2)
+    data = torch.randn(16, 2)
+    lbt(gen, data)
+    calls = []
+    log_prob = est.log_prob
+
+    def spy(x):  # finite while teaching (2 calls), infinite inside the unroll
+        calls.append(1)
+        out = log_prob(x)
+        return out if len(calls) <= 2 else out * float("inf")
+
+    est.log_prob = spy
+    _fails_and_changes_nothing(lbt, FloatingPointError, "unrolled step 1 of 3", gen, data)
+    assert len(calls) > 2  # the teaching steps did run before the failure
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: torch.optim.Adagrad(p), lambda p: torch.optim.NAdam(p), lambda p: torch.optim.LBFGS(p),
+    lambda p: type("MyAdam", (torch.optim.Adam,), {})(p),
+], ids=["Adagrad", "NAdam", "LBFGS", "Adam-subclass"])
+def test_optimizers_that_cannot_be_unrolled_are_refused_at_construction(make):
+    est = TinyCoupling(2, 8)
+    before = copy.deepcopy(est.state_dict())
+    with pytest.raises(TypeError, match=r"cannot unroll .*differentiable steps exist for torch.optim.SGD"):
+        LBTLoss(est, k=2, optimizer=make(est.parameters()))
+    with pytest.raises(TypeError, match="cannot unroll"):
+        Unroller(est, make(est.parameters()), k=2)
+    assert all(torch.equal(v, before[k]) for k, v in est.state_dict().items())
+
+
+def test_integer_and_complex_data_are_refused(warm):
+    lbt, gen, data = warm
+    _fails_and_changes_nothing(lbt, TypeError, r"dtype torch.uint8.*data.float\(\) / 127.5 - 1", gen,
+                               torch.randint(0, 256, (16, 2), dtype=torch.uint8))
+    _fails_and_changes_nothing(lbt, TypeError, "dtype torch.complex64", gen, torch.randn(16, 2, dtype=torch.cfloat))
+    _fails_and_changes_nothing(lbt, TypeError, "dtype torch.int64", gen, torch.ones(16, 2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_data_of_another_float_dtype_works(warm, dtype):
+    """float32 models, data in another float dtype: z is drawn in the generator's dtype, data is cast."""
+    lbt, gen, data = warm
+    loss = lbt(gen, data.to(dtype))
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in gen.parameters())
+    G64 = copy.deepcopy(gen).double()  # a float64 generator with float32 data: z in float64
+    LBTLoss(copy.deepcopy(lbt.estimator), k=1)(G64, data).backward()
+
+
+def test_gradients_disabled_empty_batches_and_bad_weights(warm):
+    lbt, gen, data = warm
+    with torch.no_grad():
+        _fails_and_changes_nothing(lbt, RuntimeError, r"gradients disabled \(torch.no_grad\(\)", gen, data)
+    with torch.inference_mode():
+        _fails_and_changes_nothing(lbt, RuntimeError, "gradients disabled", gen, data)
+    _fails_and_changes_nothing(lbt, ValueError, "data is empty", gen, data[:0])
+    _fails_and_changes_nothing(lbt, ValueError, "empty batch of samples", gen(torch.randn(0, 4)), data)
+    for bad in (float("nan"), "1", True):
+        with pytest.raises(ValueError, match="weight must be a finite number"):
+            LBTLoss(lbt.estimator, weight=bad)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        LBTLoss(lbt.estimator, batch_size=0)
+
+
+def test_a_failing_generator_on_a_drawn_latent_names_the_fix(warm):
+    lbt, gen, data = warm
+    bad = LBTLoss(lbt.estimator, k=2, optimizer=lbt.optimizer, teach_steps=3, latent=7)
+    _fails_and_changes_nothing(bad, ValueError, r"failed on z of shape \(16, 7\) \(latent=7\)", gen, data)
+
+
+@pytest.mark.parametrize("backend", ["higher", "func"])
+def test_a_compiled_estimator_is_unrolled_through_its_original_module(backend):
+    est = VAE(2, latent_dim=2, hidden=8)
+    compiled = torch.compile(est)
+    with pytest.warns(UserWarning, match="original module of a torch.compile'd estimator"):
+        lbt = LBTLoss(compiled, k=2, backend=backend)
+    assert lbt.estimator is est
+    gen = TinyGenerator(4, 2, 8)
+    lbt(gen, torch.randn(8, 2)).backward()
+    assert all(p.grad is not None for p in gen.parameters())
+
+
+def test_load_state_dict_that_does_not_fit_changes_nothing(warm):
+    lbt, gen, data = warm
+    before = _state(lbt)
+    other = LBTLoss(TinyCoupling(2, 16), k=2)
+    other(TinyGenerator(4, 2, 8), data)
+    with pytest.raises(ValueError, match="does not fit this estimator"):
+        lbt.load_state_dict(other.state_dict())
+    with pytest.raises(ValueError, match="must be a dict with 'estimator' and 'optimizer'"):
+        lbt.load_state_dict({"estimator": {}})
+    assert _same(before, _state(lbt))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lbt(gen, data)  # still usable
