@@ -131,6 +131,7 @@ def save_checkpoint(path: Path, state: Dict) -> None:
 
 
 def load_checkpoint(path: Path) -> Dict:
+    """A checkpoint of this script: tensors and plain numbers, read with ``weights_only=True`` and checked."""
     if not path.is_file():
         raise FileNotFoundError(f"--resume {path}: no such checkpoint")
     try:
@@ -138,10 +139,67 @@ def load_checkpoint(path: Path) -> Dict:
     except Exception as exc:
         raise ValueError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); it is truncated or not a "
                          "checkpoint of dcgan_lbt.py. Earlier checkpoints are untouched.") from None
-    missing = {"step", "netG", "netD", "optG", "optD", "rng", "args"} - set(state)
+    missing = {"step", "netG", "netD", "optG", "optD", "rng", "args", "generator_kwargs"} - set(
+        state if isinstance(state, dict) else ())
     if missing:
         raise ValueError(f"checkpoint {path} lacks {sorted(missing)}: not a checkpoint of dcgan_lbt.py")
+    if isinstance(state["step"], bool) or not isinstance(state["step"], int) or state["step"] < 0:
+        raise ValueError(f"checkpoint {path}: step must be an integer >= 0, got {state['step']!r}")
+    if not isinstance(state["args"], dict):
+        raise ValueError(f"checkpoint {path}: args must be a dict of the flags it was written with")
+    _generator_kwargs(state)
     return state
+
+
+#: Flags that define the models and the data: a checkpoint resumes only with the same values.
+ARCHITECTURE = ("dataset", "image_size", "nz", "ngf", "ndf", "lbt_only", "est_latent", "est_width")
+
+
+def _generator_kwargs(state: Dict) -> Dict[str, int]:
+    """The generator's hyper-parameters in a checkpoint, validated: four integers in sane ranges."""
+    kwargs = state.get("generator_kwargs")
+    ranges = {"nz": (1, 4096), "ngf": (1, 4096), "nc": (1, 4), "image_size": (8, 1024)}
+    if not isinstance(kwargs, dict) or set(kwargs) != set(ranges):
+        raise ValueError(f"generator_kwargs must hold exactly {sorted(ranges)}, got {kwargs!r}")
+    for key, (lo, hi) in ranges.items():
+        value = kwargs[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError(f"generator_kwargs[{key!r}] must be an integer in [{lo}, {hi}], got {value!r}")
+    if kwargs["image_size"] % 4:
+        raise ValueError(f"generator_kwargs['image_size'] must be a multiple of 4, got {kwargs['image_size']}")
+    return kwargs
+
+
+def load_generator(state: Dict) -> Generator:
+    """This script's generator from one of its checkpoints (``lbt-plugin fid CKPT ... --generator
+    examples/dcgan_lbt.py:load_generator``). The checkpoint gives numbers and tensors; the code is this file's."""
+    if not isinstance(state, dict) or "netG" not in state:
+        raise ValueError("not a checkpoint of dcgan_lbt.py: it has no netG")
+    G = Generator(**_generator_kwargs(state))
+    try:
+        G.load_state_dict(state["netG"])
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"the checkpoint's netG does not fit its generator_kwargs: {exc}") from None
+    return G
+
+
+def check_resume(state: Dict, args: argparse.Namespace, use_lbt: bool, path: Path) -> None:
+    """Refuse a checkpoint that this run cannot continue, naming the flags to change."""
+    saved = state["args"]
+    differ = [f"--{k.replace('_', '-')} {saved.get(k)!r} (now {getattr(args, k)!r})"
+              for k in ARCHITECTURE if k in saved and saved[k] != getattr(args, k)]
+    if differ:
+        raise ValueError(f"--resume {path}: the checkpoint was written with other models or data: "
+                         f"{', '.join(differ)}. Resume with the same flags.")
+    if use_lbt and "lbt" not in state:
+        raise ValueError(f"--resume {path}: the checkpoint has no LBT state (it was written with --lbt-weight 0); "
+                         "resume it with --lbt-weight 0, or start a new run with LBT")
+    if not use_lbt and "lbt" in state:
+        raise ValueError(f"--resume {path}: the checkpoint holds an LBT run; resume it with its --lbt-weight "
+                         f"({saved.get('lbt_weight')!r})")
+    if args.steps <= state["step"]:
+        raise ValueError(f"--resume {path}: the checkpoint is at step {state['step']} and --steps {args.steps} is "
+                         f"the total number of steps; pass --steps larger than {state['step']} to train on")
 
 
 # ----------------------------------------------------------------------------- main
@@ -242,6 +300,7 @@ def main(argv=None) -> Path:
     start = 0
     if args.resume:
         state = load_checkpoint(args.resume)
+        check_resume(state, args, use_lbt, args.resume)
         G.load_state_dict(state["netG"]), D.load_state_dict(state["netD"])
         optimizerG.load_state_dict(state["optG"]), optimizerD.load_state_dict(state["optD"])
         if use_lbt:
@@ -301,8 +360,7 @@ def main(argv=None) -> Path:
                      "optG": optimizerG.state_dict(), "optD": optimizerD.state_dict(),
                      "fixed_noise": fixed_noise.cpu(), "rng": torch.get_rng_state(),
                      "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                     # how to rebuild the generator (lbt-plugin fid samples from checkpoints with this)
-                     "generator_factory": f"{Path(__file__).resolve()}:Generator",
+                     # numbers only: load_generator() rebuilds this file's Generator from them
                      "generator_kwargs": {"nz": args.nz, "ngf": args.ngf, "nc": nc, "image_size": args.image_size}}
             if use_lbt:
                 state["lbt"] = lbt.state_dict()  # LBT

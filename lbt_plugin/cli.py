@@ -22,7 +22,7 @@ def _shape(text: Optional[str]) -> Optional[Tuple[int, ...]]:
     if text is None:
         return None
     try:
-        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+        shape = tuple(int(s) for s in text.replace("x", ",").split(","))
     except ValueError:
         raise click.BadParameter(f"a shape is integers separated by commas, like 1,28,28; got {text!r}") from None
     if not shape or any(s < 1 for s in shape):
@@ -30,13 +30,33 @@ def _shape(text: Optional[str]) -> Optional[Tuple[int, ...]]:
     return shape
 
 
+def _module_factory(spec: str, role: str) -> Callable[[], Any]:
+    """The factory named by ``spec``, checked: it must be callable and return an ``nn.Module``."""
+    factory = load_object(spec)
+    if not callable(factory):
+        raise click.BadParameter(f"{spec} is a {type(factory).__name__}, not a factory (a function returning the "
+                                 f"{role} module)")
+
+    def build() -> Any:
+        from torch import nn
+
+        module = factory()
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"the {role} factory {spec} returned {type(module).__name__}, expected an nn.Module")
+        return module
+
+    return build
+
+
 def _models(estimator_spec: Optional[str], generator_spec: Optional[str], data_shape: Optional[str],
             hidden: int) -> Tuple[Callable, Callable, Tuple[int, ...]]:
     """The user's factories and data shape, or the built-in tiny models (of width ``hidden``) on 2-D data."""
     from ._impl.toy import TinyCoupling, TinyGenerator
 
-    estimator_factory = load_object(estimator_spec) if estimator_spec else (lambda: TinyCoupling(2, hidden))
-    generator_factory = load_object(generator_spec) if generator_spec else (lambda: TinyGenerator(4, 2, hidden))
+    estimator_factory = _module_factory(estimator_spec, "estimator") if estimator_spec else (
+        lambda: TinyCoupling(2, hidden))
+    generator_factory = _module_factory(generator_spec, "generator") if generator_spec else (
+        lambda: TinyGenerator(4, 2, hidden))
     shape = _shape(data_shape)
     if shape is None:
         if generator_spec or estimator_spec:
@@ -132,7 +152,10 @@ def profile(estimator_spec, generator_spec, optimizer_spec, data_shape, latent_s
     if checkpoint and backend != "func":
         raise click.UsageError("--checkpoint needs --backend func")
     estimator_factory, generator_factory, shape = _models(estimator_spec, generator_spec, data_shape, hidden=64)
-    generator = generator_factory()
+    try:
+        generator = generator_factory()
+    except Exception as exc:
+        raise click.ClickException(f"building the generator failed: {type(exc).__name__}: {exc}") from None
     lat = _shape(latent_shape) or getattr(generator, "latent_shape", None) or getattr(generator, "latent_dim", None)
     if lat is None:
         raise click.UsageError("give --latent-shape, or a latent_dim / latent_shape attribute on the generator")
@@ -143,9 +166,13 @@ def profile(estimator_spec, generator_spec, optimizer_spec, data_shape, latent_s
     data = torch.randn(batch_size, *shape, device=dev)
     z = torch.randn(batch_size, *lat, device=dev)
     optimizer_factory = load_object(optimizer_spec) if optimizer_spec else None
-    rows = profile_steps(estimator_factory, generator, data, z, tuple(dict.fromkeys(ks)), backend=backend,
-                         truncate=truncate, checkpoint=checkpoint, repeats=repeats,
-                         optimizer_factory=optimizer_factory, progress=lambda s: click.echo(f"profiling {s}", err=True))
+    try:
+        rows = profile_steps(estimator_factory, generator, data, z, tuple(dict.fromkeys(ks)), backend=backend,
+                             truncate=truncate, checkpoint=checkpoint, repeats=repeats,
+                             optimizer_factory=optimizer_factory,
+                             progress=lambda s: click.echo(f"profiling {s}", err=True))
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     click.echo(f"{name}; batch {batch_size}; torch {torch.__version__}")
     click.echo(format_profile(rows))
@@ -163,19 +190,25 @@ def profile(estimator_spec, generator_spec, optimizer_spec, data_shape, latent_s
 @click.option("--dims", type=click.Choice(["64", "192", "768", "2048"]), default="2048", show_default=True)
 @click.option("--batch-size", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="cpu", show_default=True)
-def fid(source_a, source_b, weights, num_samples, data_root, dims, batch_size, device) -> None:
+@click.option("--generator", "generator_spec", metavar="MODULE:FUNCTION", default=None,
+              help="For a checkpoint source: the function that rebuilds its generator from the loaded checkpoint, "
+                   "e.g. examples/dcgan_lbt.py:load_generator.")
+def fid(source_a, source_b, weights, num_samples, data_root, dims, batch_size, device, generator_spec) -> None:
     """FID between two sources, computed by pytorch-fid.
 
-    A source is a folder of images, a .npz of statistics, a checkpoint of
-    examples/dcgan_lbt.py (its generator draws --num-samples images), or a dataset
-    name: fashion-mnist or mnist (its first --num-samples training images).
+    A source is a folder of images, a .npz of statistics, a dataset name
+    (fashion-mnist or mnist: its first --num-samples training images), or a
+    generator checkpoint with --generator naming the function that rebuilds the
+    generator from it (it draws --num-samples images). Checkpoints are read with
+    torch.load(weights_only=True); nothing in them is imported or called.
     """
     from .metrics import fid as fid_value
 
+    loader = load_object(generator_spec) if generator_spec else None
     try:
         value = fid_value(source_a, source_b, weights=weights, dims=int(dims), batch_size=batch_size, device=device,
-                          num_samples=num_samples, data_root=data_root)
-    except (RuntimeError, FileNotFoundError, ValueError) as exc:
+                          num_samples=num_samples, data_root=data_root, generator_loader=loader)
+    except (RuntimeError, FileNotFoundError, ValueError, TypeError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"FID: {value}")
 

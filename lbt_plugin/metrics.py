@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -101,31 +101,41 @@ FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 
 def fid(source_a: str, source_b: str, *, weights: Optional[str] = None, dims: int = 2048, batch_size: int = 50,
         device: str = "cpu", num_workers: int = 0, num_samples: int = 10000,
-        data_root: Optional[str] = None) -> float:
+        data_root: Optional[str] = None, generator_loader: Optional[Callable[[dict], nn.Module]] = None) -> float:
     """Fréchet Inception Distance between two sources, computed by pytorch-fid.
 
-    A source is a folder of images or a ``.npz`` of statistics (passed to pytorch-fid as
-    they are), a ``.pt`` checkpoint of ``examples/dcgan_lbt.py`` (its generator draws
-    ``num_samples`` images), or a dataset name, ``"fashion-mnist"`` or ``"mnist"`` (its first
-    ``num_samples`` training images, from :func:`lbt_plugin.data.load_digits`). Generated and
-    dataset images are written as PNG files to a temporary folder first, so that pytorch-fid
-    reads every source the same way. The value is
-    ``pytorch_fid.fid_score.calculate_fid_given_paths``'s. The FID Inception weights come from the
-    torch hub cache (``$TORCH_HOME/hub/checkpoints/``, filled by pytorch-fid's first online run) or
-    from ``weights``, a path to that file, linked into a temporary hub cache so that pytorch-fid
-    loads it the usual way.
+    A source is a folder of at least two images or a ``.npz`` of statistics (``mu [d]``,
+    ``sigma [d, d]``, passed to pytorch-fid as they are), a dataset name, ``"fashion-mnist"`` or
+    ``"mnist"`` (its first ``num_samples`` training images, from :func:`lbt_plugin.data.load_digits`),
+    or a generator checkpoint: any other file, read with ``torch.load(weights_only=True)`` and
+    handed to ``generator_loader(state) -> nn.Module``, a function of the caller's choosing (for
+    ``examples/dcgan_lbt.py``: its ``load_generator``). Nothing read from a file is imported or
+    called. The generator draws ``num_samples`` images from ``z ~ N(0, I)`` of its
+    ``latent_shape`` (or ``latent_dim``). Generated and dataset images are written as PNG files
+    to a temporary folder first, so that pytorch-fid reads every source the same way. The value
+    is ``pytorch_fid.fid_score.calculate_fid_given_paths``'s; between two ``.npz`` files it is
+    ``calculate_frechet_distance`` of their statistics, and no Inception weights are needed. The
+    FID Inception weights come from the torch hub cache (``$TORCH_HOME/hub/checkpoints/``, filled
+    by pytorch-fid's first online run) or from ``weights``, a path to that file, linked into a
+    temporary hub cache so that pytorch-fid loads it the usual way.
     """
     import os
     import tempfile
     from pathlib import Path
 
-    from pytorch_fid.fid_score import calculate_fid_given_paths
+    from pytorch_fid.fid_score import calculate_fid_given_paths, calculate_frechet_distance
 
     if weights is not None and not Path(weights).is_file():
         raise FileNotFoundError(f"no FID Inception weights at {weights}")
+    if all(Path(s).suffix == ".npz" for s in (source_a, source_b)):
+        (mu1, s1), (mu2, s2) = (_npz_stats(s) for s in (source_a, source_b))
+        if mu1.shape != mu2.shape:
+            raise ValueError(f"the two .npz files hold statistics of different dimensions ({mu1.shape[0]} and "
+                             f"{mu2.shape[0]})")
+        return float(calculate_frechet_distance(mu1, s1, mu2, s2))
     home = os.environ.get("TORCH_HOME")
     with tempfile.TemporaryDirectory() as tmp:
-        paths = [_fid_source(s, Path(tmp) / f"source{i}", num_samples, data_root, device)
+        paths = [_fid_source(s, Path(tmp) / f"source{i}", num_samples, data_root, device, generator_loader)
                  for i, s in enumerate((source_a, source_b))]
         if weights is not None:
             cache = Path(tmp) / "hub" / "checkpoints"
@@ -149,9 +159,37 @@ def fid(source_a: str, source_b: str, *, weights: Optional[str] = None, dims: in
                     os.environ["TORCH_HOME"] = home
 
 
-def _fid_source(source: str, folder, num_samples: int, data_root: Optional[str], device: str) -> str:
+def _npz_stats(source: str) -> Tuple[Any, Any]:
+    """``mu [d]`` and ``sigma [d, d]`` of a ``.npz`` file, validated (no pickled objects are loaded)."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(source, allow_pickle=False) as f:
+            missing = {"mu", "sigma"} - set(f.files)
+            if missing:
+                raise ValueError(f"it lacks {sorted(missing)}")
+            mu, sigma = f["mu"][:], f["sigma"][:]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such .npz file: {source}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"cannot read {source} as FID statistics (an .npz with mu [d] and sigma [d, d]): "
+                         f"{exc}") from None
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]) or mu.dtype.kind != "f" or sigma.dtype.kind != "f":
+        raise ValueError(f"{source}: mu must be a float vector [d] and sigma a float matrix [d, d]; got shapes "
+                         f"{mu.shape} and {sigma.shape}")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ValueError(f"{source}: the statistics contain NaN or inf")
+    return mu, sigma
+
+
+def _fid_source(source: str, folder, num_samples: int, data_root: Optional[str], device: str,
+                generator_loader: Optional[Callable[[dict], nn.Module]]) -> str:
     """A path pytorch-fid can read for ``source`` (see :func:`fid`)."""
     from pathlib import Path
+
+    from pytorch_fid.fid_score import IMAGE_EXTENSIONS
 
     from .data import DEBIAN_ROOTS, load_digits
 
@@ -160,26 +198,35 @@ def _fid_source(source: str, folder, num_samples: int, data_root: Optional[str],
         images, _ = load_digits(source, Path(data_root) if data_root else None)
         save_images(images[:num_samples].float().div(255).unsqueeze(1), str(folder), value_range=(0.0, 1.0))
         return str(folder)
-    if path.is_dir() or path.suffix == ".npz":
-        if not path.exists():
-            raise FileNotFoundError(f"no such .npz file: {source}")
+    if path.suffix == ".npz":
+        _npz_stats(source)
+        return str(path)
+    if path.is_dir():
+        n = sum(1 for f in path.iterdir() if f.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
+        if n < 2:
+            raise ValueError(f"{source} holds {n} image(s); FID needs at least 2 per source (thousands for a "
+                             "meaningful value)")
         return str(path)
     if path.is_file():
-        from ._impl.imports import load_object
-
+        if generator_loader is None:
+            raise ValueError(f"{source} is a file, not a folder, a .npz or a dataset name: to draw images from a "
+                             "generator checkpoint, name the function that rebuilds its generator, e.g. --generator "
+                             "examples/dcgan_lbt.py:load_generator (nothing read from a checkpoint is imported or "
+                             "called)")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise ValueError(f"cannot read {source} as a checkpoint ({type(exc).__name__})") from None
-        if not isinstance(state, dict) or not {"generator_factory", "generator_kwargs", "netG"} <= set(state):
-            raise ValueError(f"{source} is not a generator checkpoint of examples/dcgan_lbt.py "
-                             "(it lacks generator_factory, generator_kwargs or netG)")
-        G = load_object(state["generator_factory"])(**state["generator_kwargs"])
-        G.load_state_dict(state["netG"])
+            raise ValueError(f"cannot read {source} as a checkpoint ({type(exc).__name__}: {exc})") from None
+        G = generator_loader(state)
+        shape = getattr(G, "latent_shape", None) or getattr(G, "latent_dim", None)
+        if not isinstance(G, nn.Module) or shape is None:
+            raise ValueError(f"the generator loader returned {type(G).__name__}; it must return an nn.Module with a "
+                             "latent_shape or latent_dim attribute")
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
         G.to(device).eval()
         gen = torch.Generator(device=device).manual_seed(0)
         with torch.no_grad():
-            images = torch.cat([G(torch.randn(min(500, num_samples - i), *G.latent_shape, generator=gen,
+            images = torch.cat([G(torch.randn(min(500, num_samples - i), *shape, generator=gen,
                                               device=device)).cpu() for i in range(0, num_samples, 500)])
         save_images(images, str(folder))
         return str(folder)
@@ -235,10 +282,7 @@ def train_digit_classifier(images: Tensor, labels: Tensor, *, epochs: int = 2, b
     from pathlib import Path
 
     if cache is not None and Path(cache).is_file():
-        state = torch.load(cache, map_location="cpu", weights_only=True)
-        model = DigitClassifier(int(state["n_classes"]))
-        model.load_state_dict(state["model"])
-        return model.eval(), float(state["accuracy"])
+        return _load_classifier(Path(cache))
     x, y = _as_digits(images), labels.long()
     if len(x) != len(y) or len(x) < 20:
         raise ValueError(f"need at least 20 labelled images, got {len(x)} images and {len(y)} labels")
@@ -268,6 +312,26 @@ def train_digit_classifier(images: Tensor, labels: Tensor, *, epochs: int = 2, b
         Path(cache).parent.mkdir(parents=True, exist_ok=True)
         torch.save({"model": model.state_dict(), "accuracy": accuracy, "n_classes": n_classes}, cache)
     return model, accuracy
+
+
+def _load_classifier(path) -> Tuple[nn.Module, float]:
+    """A classifier cached by :func:`train_digit_classifier`: tensors and two numbers, validated."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"cannot read the classifier cache {path} ({type(exc).__name__}: {exc}); delete it to "
+                         "train the classifier again") from None
+    n_classes, accuracy = (state.get("n_classes"), state.get("accuracy")) if isinstance(state, dict) else (None, None)
+    if (isinstance(n_classes, bool) or not isinstance(n_classes, int) or not 2 <= n_classes <= 1000
+            or not isinstance(accuracy, float) or not 0.0 <= accuracy <= 1.0 or not isinstance(state.get("model"), dict)):
+        raise ValueError(f"{path} is not a classifier cache of train_digit_classifier (model, n_classes in [2, 1000], "
+                         "accuracy in [0, 1]); delete it to train the classifier again")
+    model = DigitClassifier(n_classes)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"the classifier cache {path} does not fit DigitClassifier: {exc}") from None
+    return model.eval(), accuracy
 
 
 @dataclass(frozen=True)

@@ -61,3 +61,7 @@ def estimator_wrong_shape():
 
 def foreign_optimizer(estimator):
     return torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+
+
+def returns_int():
+    return 42

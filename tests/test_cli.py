@@ -53,3 +53,17 @@ def test_check_usage_errors():
     result = _run("check", "--estimator", "models:nope", "--data-shape", "2")
     assert result.exit_code == 2 and "has no attribute 'nope'" in result.output
     assert _run("check", "--data-shape", "0,3").exit_code == 2
+
+
+def test_check_and_profile_on_broken_user_code_say_what_is_wrong(tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text("def make_E(:\n    pass\n")
+    result = _run("check", "--estimator", f"{broken}:make_E", "--data-shape", "2")
+    assert result.exit_code == 2 and "SyntaxError" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) < 8
+    result = _run("check", "--generator", "models:returns_int", "--data-shape", "2")
+    assert result.exit_code == 1 and "the generator factory models:returns_int returned int" in result.output
+    result = _run("profile", "--generator", "models:returns_int", "--data-shape", "2", "-k", "1")
+    assert result.exit_code == 1 and "returned int, expected an nn.Module" in result.output
+    result = _run("check", "--data-shape", "1,,28", "--estimator", "models:estimator")
+    assert result.exit_code == 2 and "integers separated by commas" in result.output

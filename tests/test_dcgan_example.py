@@ -63,6 +63,26 @@ def test_bad_inputs_fail_clearly(digits, tmp_path):
     assert ckpt.read_bytes() == good
 
 
+def test_resume_refuses_a_checkpoint_it_cannot_continue(digits, tmp_path):
+    """Other models, another method, or a finished run: a clear error naming the flag, and nothing written."""
+    ckpt = _run(digits, tmp_path / "lbt", "--steps", "2")
+    dcgan = _run(digits, tmp_path / "dcgan", "--steps", "2", "--lbt-weight", "0")
+    before = ckpt.read_bytes()
+    cases = [
+        (["--resume", str(ckpt), "--steps", "4", "--nz", "9"], r"--nz 8 \(now 9\).*Resume with the same flags"),
+        (["--resume", str(dcgan), "--steps", "4"], "has no LBT state .*--lbt-weight 0"),
+        (["--resume", str(ckpt), "--steps", "4", "--lbt-weight", "0"], "holds an LBT run"),
+        (["--resume", str(ckpt), "--steps", "2"], "is at step 2 .*--steps larger than 2"),
+        (["--resume", str(ckpt), "--steps", "1"], "is at step 2"),
+    ]
+    for extra, message in cases:
+        out = tmp_path / "resumed"
+        with pytest.raises(ValueError, match=message):
+            dcgan_lbt.main(["--data-root", str(digits), "--out", str(out), *TINY, *extra])
+        assert not (out / "checkpoint.pt").exists()
+    assert ckpt.read_bytes() == before
+
+
 def test_a_crash_while_saving_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
     dcgan_lbt.save_checkpoint(path, {"step": 1})

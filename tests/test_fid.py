@@ -73,8 +73,10 @@ def test_fid_from_a_generator_checkpoint_and_a_dataset(planted, digits, tmp_path
                            "--ndf", "4", "--nz", "8", "--batch-size", "16", "--steps", "1", "--lbt-weight", "0",
                            "--device", "cpu"])
     with mock.patch.dict(os.environ, {"TORCH_HOME": str(home)}):
+        loader = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "dcgan_lbt.py") + ":load_generator"
         result = CliRunner().invoke(main, ["fid", str(ckpt), "fashion-mnist", "--data-root", str(digits),
-                                           "--num-samples", "6", "--dims", "64", "--batch-size", "3"])
+                                           "--num-samples", "6", "--dims", "64", "--batch-size", "3",
+                                           "--generator", loader])
         assert result.exit_code == 0, result.output
         assert _fid(result.output) >= 0
         bad = CliRunner().invoke(main, ["fid", str(tmp_path / "nothing"), a, "--dims", "64"])

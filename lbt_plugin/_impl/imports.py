@@ -26,8 +26,10 @@ def load_object(spec: str) -> Any:
             if str(Path.cwd()) not in sys.path:
                 sys.path.insert(0, str(Path.cwd()))
             module = importlib.import_module(target)
-    except ImportError as exc:
-        raise ValueError(f"cannot import {target!r}: {exc}") from None
+    except ValueError:
+        raise
+    except Exception as exc:  # ImportError, SyntaxError, or anything the module raises while it is imported
+        raise ValueError(f"cannot import {target!r}: {type(exc).__name__}: {exc}") from None
     try:
         return getattr(module, name)
     except AttributeError:
