@@ -1,40 +1,51 @@
-"""What LBT costs: overhead against the same work without differentiation, backends, and memory per K.
+"""What LBT costs: the package against a hand-written exact unroll (the floor), other libraries, and memory per K.
 
-    python benchmarks/performance.py                 # CPU, writes docs/performance.md
-    python benchmarks/performance.py --device cuda   # on a GPU
+    python benchmarks/performance.py                      # CPU, every setting; writes docs/performance.md
+    python benchmarks/performance.py --settings mixture   # one setting
+    python benchmarks/performance.py --device cuda        # on a GPU
 
-Setting: a DCGAN-size generator (z of 100 -> 28x28, 1.8M parameters) and the package's
-ConvVAE estimator, batch 64, Adam everywhere.
+Settings (K unrolled steps of the estimator's own optimizer, ``teach_steps=0``, so every
+variant does the same work from the same warm optimizer state):
 
-- LBT step: ``LBTLoss(teach_steps=1, k=K)(G, data, z)``, ``backward``, ``g_opt.step()``.
-- Plain work: the same work without differentiating through the estimator's steps:
-  K+1 ordinary estimator steps on detached samples, then one generator step
-  through the estimator (``-log_prob(G(z)).mean()``).
-- Floor: a hand-written unroll with plain autograd (``functional_call``,
-  ``autograd.grad(create_graph=True)``, Adam written inline), no package code.
-- truncate=1: the LBT step back-propagating through the last unrolled step only (biased).
+- ``dcgan``: a DCGAN-size generator (z of 100 -> 28x28, 1.8M parameters) and the package's
+  ConvVAE, Adam, batch 64;
+- ``mixture``: a tiny 2-D generator (MLP 2x128) and a 50-component Gaussian mixture, SGD, batch 256;
+- ``flow``: the same generator and a small RealNVP (4 couplings of width 32), SGD, batch 256.
 
-All three are timed side by side, interleaved, in one process (median of repeats).
+Variants, timed side by side in one process, interleaved round by round (median of rounds):
+
+- floor: the same LBT step written with plain autograd (``functional_call``,
+  ``autograd.grad(create_graph=True)``, the update rule inline), no package code;
+- lbt higher / lbt func: ``LBTLoss(..., backend=...)`` and its backward;
+- lbt auto: the default backend (``backend="auto"``);
+- stock higher: ``higher.innerloop_ctx`` with higher's own differentiable optimizer;
+- TorchOpt: its functional optimizer (when ``torchopt`` is installed).
+
+Beside time: the largest difference of the float64 generator gradient from the floor's
+(0 means the same numbers; stock higher and TorchOpt compute Adam slightly differently).
+Then the memory table: graph memory of the full unroll, ``checkpoint=True`` and ``truncate=5``.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import re
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from lbt_plugin import LBTLoss
-from lbt_plugin.estimators import ConvVAE
+from lbt_plugin.estimators import ConvVAE, GaussianMixture, RealNVP
 from lbt_plugin.profile import GraphMemory
 
 
+# ----------------------------------------------------------------------------- settings
 def dcgan_generator(nz: int = 100, ngf: int = 64) -> nn.Module:
     return nn.Sequential(
         nn.ConvTranspose2d(nz, 4 * ngf, 7, 1, 0, bias=False), nn.BatchNorm2d(4 * ngf), nn.ReLU(True),
@@ -43,98 +54,179 @@ def dcgan_generator(nz: int = 100, ngf: int = 64) -> nn.Module:
     )
 
 
-def estimator() -> nn.Module:
-    return ConvVAE(1, 28, latent_dim=64, base=32)
+def mlp_generator() -> nn.Module:
+    return nn.Sequential(nn.Linear(16, 128), nn.Tanh(), nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 2))
 
 
-def adam(m: nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.Adam(m.parameters(), lr=3e-4, betas=(0.5, 0.999))
+class Setting:
+    """A generator, an estimator factory, its optimizer's rule and the data of one benchmark setting."""
 
-
-class Setup:
-    def __init__(self, device: torch.device, batch: int):
+    def __init__(self, name: str, device: torch.device, dtype: torch.dtype = torch.float32):
         torch.manual_seed(0)
-        self.device = device
-        self.G = dcgan_generator().to(device)
-        self.g_opt = adam(self.G)
-        self.data = (torch.rand(batch, 1, 28, 28, device=device) * 2 - 1)
-        self.z = torch.randn(batch, 100, 1, 1, device=device)
-
-    def fresh_estimator(self) -> tuple:
-        est = estimator().to(self.device)
-        return est, adam(est)
-
-
-def lbt_step(s: Setup, k: int, backend: str, **options) -> Callable[[], None]:
-    est, opt = s.fresh_estimator()
-    lbt = LBTLoss(est, k=k, optimizer=opt, teach_steps=1, backend=backend, **options)
-
-    def run() -> None:
-        s.g_opt.zero_grad(set_to_none=True)
-        lbt(s.G, s.data, z=s.z).backward()
-        s.g_opt.step()
-
-    return run
-
-
-def plain_step(s: Setup, k: int) -> Callable[[], None]:
-    est, opt = s.fresh_estimator()
-
-    def run() -> None:
-        fake = s.G(s.z)
-        for _ in range(k + 1):
-            opt.zero_grad(set_to_none=True)
-            (-est.log_prob(fake.detach()).mean()).backward()
+        self.name, self.device, self.dtype = name, device, dtype
+        if name == "dcgan":
+            self.G, batch, data_shape, z_shape = dcgan_generator(), 64, (1, 28, 28), (100, 1, 1)
+            self.make_estimator = lambda: ConvVAE(1, 28, latent_dim=64, base=32)
+            self.opt = ("adam", dict(lr=3e-4, betas=(0.5, 0.999), eps=1e-8))
+        elif name in ("mixture", "flow"):
+            self.G, batch, data_shape, z_shape = mlp_generator(), 256, (2,), (16,)
+            if name == "mixture":
+                self.make_estimator = lambda: GaussianMixture(2, 50, init_scale=2.0, init_std=0.5, learn_std=False)
+                self.opt = ("sgd", dict(lr=1.0))
+            else:
+                self.make_estimator = lambda: RealNVP(2, n_layers=4, hidden=32)
+                self.opt = ("sgd", dict(lr=1e-2))
+        else:
+            raise ValueError(f"unknown setting {name!r}")
+        self.G = self.G.to(device, dtype)
+        self.g_opt = torch.optim.Adam(self.G.parameters(), lr=1e-4)
+        self.data = torch.randn(batch, *data_shape, device=device, dtype=dtype).clamp(-1, 1)
+        self.z = torch.randn(batch, *z_shape, device=device, dtype=dtype)
+        est = self.make_estimator().to(device, dtype)
+        opt = self.optimizer(est)
+        for _ in range(3):  # a warm optimizer state, as in training (and Adam's first step is almost a sign step)
+            opt.zero_grad()
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(1)
+                (-est.log_prob(self.G(self.z).detach()).mean()).backward()
             opt.step()
-        s.g_opt.zero_grad(set_to_none=True)
-        (-est.log_prob(fake).mean()).backward()
-        s.g_opt.step()
+        opt.zero_grad(set_to_none=True)
+        self.estimator, self.est_opt = est, opt
+
+    def optimizer(self, est: nn.Module) -> torch.optim.Optimizer:
+        kind, hp = self.opt
+        return (torch.optim.Adam if kind == "adam" else torch.optim.SGD)(est.parameters(), **hp)
+
+    def fresh(self) -> Tuple[nn.Module, torch.optim.Optimizer]:
+        """A copy of the warm estimator and of its optimizer (the same state)."""
+        est = copy.deepcopy(self.estimator)
+        opt = self.optimizer(est)
+        opt.load_state_dict(copy.deepcopy(self.est_opt.state_dict()))
+        return est, opt
+
+
+# ----------------------------------------------------------------------------- variants: each returns a step
+def lbt_step(s: Setting, k: int, backend: str, **options) -> Callable[[], Tensor]:
+    est, opt = s.fresh()
+    lbt = LBTLoss(est, k=k, optimizer=opt, teach_steps=0, backend=backend, reduction="batchmean", **options)
+
+    def run() -> Tensor:
+        s.G.zero_grad(set_to_none=True)
+        lbt(s.G, s.data, z=s.z).backward()
+        return _grad(s.G)
 
     return run
 
 
-def floor_step(s: Setup, k: int) -> Callable[[], None]:
-    """A minimal hand-written LBT step: the reference for what the package adds."""
-    est, opt = s.fresh_estimator()
-    names = [n for n, _ in est.named_parameters()]
-    b1, b2, lr, eps = 0.5, 0.999, 3e-4, 1e-8
+def _grad(G: nn.Module) -> Tensor:
+    return torch.cat([p.grad.reshape(-1) for p in G.parameters()])
 
-    def run() -> None:
+
+def floor_step(s: Setting, k: int) -> Callable[[], Tensor]:
+    """The LBT step written by hand with plain autograd: what the maths costs."""
+    est, opt = s.fresh()
+    names = [n for n, _ in est.named_parameters()]
+    kind, hp = s.opt
+    state = [opt.state[p] for p in est.parameters()]
+
+    def run() -> Tensor:
+        s.G.zero_grad(set_to_none=True)
         fake = s.G(s.z)
-        opt.zero_grad(set_to_none=True)
-        (-est.log_prob(fake.detach()).mean()).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
         params = [p.detach().clone().requires_grad_() for p in est.parameters()]
         buffers = {n: b.clone() for n, b in est.named_buffers()}
-        state = [opt.state[p] for p in est.parameters()]
-        m = [st["exp_avg"].clone() for st in state]
-        v = [st["exp_avg_sq"].clone() for st in state]
-        step = float(state[0]["step"])
+        if kind == "adam":
+            b1, b2 = hp["betas"]
+            m = [st["exp_avg"].clone() for st in state]
+            v = [st["exp_avg_sq"].clone() for st in state]
+            step = float(state[0]["step"])
         for _ in range(k):
-            mapping = {**dict(zip(names, params)), **buffers}
-            loss = -torch.func.functional_call(est, mapping, (fake,)).mean()
+            loss = -torch.func.functional_call(est, {**dict(zip(names, params)), **buffers}, (fake,)).mean()
             grads = torch.autograd.grad(loss, params, create_graph=True)
+            if kind == "sgd":
+                params = [p.add(g, alpha=-hp["lr"]) for p, g in zip(params, grads)]
+                continue
             step += 1
             new = []
             for i, (p, g) in enumerate(zip(params, grads)):
                 m[i] = m[i].lerp(g, 1 - b1)
                 v[i] = v[i].mul(b2).addcmul(g, g, value=1 - b2)
-                denom = (v[i].sqrt() / (1 - b2**step) ** 0.5).add(eps)
-                new.append(p.addcdiv(m[i], denom, value=-lr / (1 - b1**step)))
+                denom = (v[i].sqrt() / (1 - b2**step) ** 0.5).add(hp["eps"])
+                new.append(p.addcdiv(m[i], denom, value=-hp["lr"] / (1 - b1**step)))
             params = new
-        mapping = {**dict(zip(names, params)), **buffers}
-        s.g_opt.zero_grad(set_to_none=True)
-        (-torch.func.functional_call(est, mapping, (s.data,)).mean()).backward()
-        s.g_opt.step()
+        (-torch.func.functional_call(est, {**dict(zip(names, params)), **buffers}, (s.data,)).mean()).backward()
+        return _grad(s.G)
 
     return run
 
 
-def timed(fns: Dict[str, Callable[[], None]], repeats: int, device: torch.device) -> Dict[str, float]:
-    """Median seconds per call, the calls of each round interleaved so load affects all alike."""
+def stock_higher_step(s: Setting, k: int) -> Callable[[], Tensor]:
+    import higher
+
+    est, opt = s.fresh()
+
+    def run() -> Tensor:
+        s.G.zero_grad(set_to_none=True)
+        fake = s.G(s.z)
+        with higher.innerloop_ctx(est, opt, copy_initial_weights=True) as (fmodel, diffopt):
+            for _ in range(k):
+                diffopt.step(-fmodel(fake).mean())
+            (-fmodel(s.data).mean()).backward()
+        return _grad(s.G)
+
+    return run
+
+
+def torchopt_step(s: Setting, k: int) -> Callable[[], Tensor]:
+    import torchopt
+
+    est, opt = s.fresh()
+    names = [n for n, _ in est.named_parameters()]
+    kind, hp = s.opt
+    make = torchopt.adam(lr=hp["lr"], betas=hp["betas"], eps=hp["eps"]) if kind == "adam" else torchopt.sgd(lr=hp["lr"])
+    buffers = {n: b for n, b in est.named_buffers()}
+
+    def run() -> Tensor:
+        s.G.zero_grad(set_to_none=True)
+        fake = s.G(s.z)
+        params = tuple(p.detach().clone().requires_grad_() for p in est.parameters())
+        state = make.init(params)
+        if kind == "adam":  # start from the same moments as every other variant
+            st = [opt.state[p] for p in est.parameters()]
+            adam_state = state[0]._replace(
+                mu=tuple(x["exp_avg"].clone() for x in st), nu=tuple(x["exp_avg_sq"].clone() for x in st),
+                count=tuple(torch.tensor(int(st[0]["step"]), dtype=torch.int64) for _ in st) if isinstance(
+                    state[0].count, tuple) else torch.tensor(int(st[0]["step"]), dtype=torch.int64))
+            state = (adam_state, *state[1:])
+        for _ in range(k):
+            loss = -torch.func.functional_call(est, {**dict(zip(names, params)), **buffers}, (fake,)).mean()
+            grads = torch.autograd.grad(loss, params, create_graph=True)
+            updates, state = make.update(grads, state, inplace=False)
+            params = torchopt.apply_updates(params, updates, inplace=False)
+        (-torch.func.functional_call(est, {**dict(zip(names, params)), **{n: b.clone() for n, b in buffers.items()}},
+                                     (s.data,)).mean()).backward()
+        return _grad(s.G)
+
+    return run
+
+
+def variants(s: Setting, k: int, extra: bool) -> Dict[str, Callable[[], Tensor]]:
+    out = {"floor": floor_step(s, k), "lbt auto": lbt_step(s, k, "auto"), "lbt higher": lbt_step(s, k, "higher"),
+           "lbt func": lbt_step(s, k, "func")}
+    if extra:
+        out["stock higher"] = stock_higher_step(s, k)
+        try:
+            import torchopt  # noqa: F401
+            out["TorchOpt"] = torchopt_step(s, k)
+        except ImportError:
+            pass
+    return out
+
+
+# ----------------------------------------------------------------------------- measurements
+def timed(fns: Dict[str, Callable[[], Tensor]], rounds: int, device: torch.device) -> Dict[str, float]:
+    """Median seconds per call; each round calls every variant once, in turn, so load affects all alike."""
     times: Dict[str, List[float]] = {name: [] for name in fns}
-    for r in range(repeats + 1):
+    for r in range(rounds + 1):
         for name, fn in fns.items():
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -147,18 +239,29 @@ def timed(fns: Dict[str, Callable[[], None]], repeats: int, device: torch.device
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def graph_mib(s: Setup, k: int, **options) -> float:
-    est, opt = s.fresh_estimator()
-    lbt = LBTLoss(est, k=k, optimizer=opt, teach_steps=0, backend="func", **options)
+def exactness(setting: str, k: int, device: torch.device, extra: bool) -> Dict[str, float]:
+    """Largest |difference| of each variant's float64 generator gradient from the floor's (same RNG)."""
+    s = Setting(setting, device, torch.float64)
+    grads = {}
+    for name, fn in variants(s, k, extra).items():
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(7)
+            grads[name] = fn().clone()
+    ref = grads["floor"]
+    return {name: float((g - ref).abs().max() / ref.abs().max()) for name, g in grads.items()}
+
+
+def graph_mib(s: Setting, k: int, **options) -> Tuple[float, Optional[float]]:
+    est, opt = s.fresh()
+    lbt = LBTLoss(est, k=k, optimizer=opt, teach_steps=0, **options)
     if s.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(s.device)
     with GraphMemory() as mem:
         loss = lbt(s.G, s.data, z=s.z)
     loss.backward()
     s.G.zero_grad(set_to_none=True)
-    if s.device.type == "cuda":
-        return mem.bytes / 2**20, torch.cuda.max_memory_allocated(s.device) / 2**20
-    return mem.bytes / 2**20, None
+    peak = torch.cuda.max_memory_allocated(s.device) / 2**20 if s.device.type == "cuda" else None
+    return mem.bytes / 2**20, peak
 
 
 def machine(device: torch.device) -> str:
@@ -175,31 +278,35 @@ def machine(device: torch.device) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--ks", type=int, nargs="+", default=[1, 5, 15])
+    p.add_argument("--settings", nargs="+", default=["dcgan", "mixture", "flow"], choices=["dcgan", "mixture", "flow"])
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=15, help="interleaved rounds (median reported)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--memory-ks", type=int, nargs="+", default=[1, 5, 10, 20])
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--no-extra", action="store_true", help="skip stock higher and TorchOpt")
     p.add_argument("--out", type=Path, default=Path("docs/performance.md"), help="'-' to only print")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    s = Setup(device, args.batch)
+    extra = not args.no_extra
 
     rows = []
-    for k in tqdm(args.ks, desc="overhead"):
-        fns = {"plain": plain_step(s, k), "floor": floor_step(s, k),
-               "higher": lbt_step(s, k, "higher"), "func": lbt_step(s, k, "func"),
-               "truncate": lbt_step(s, k, "higher", truncate=1)}
-        t = timed(fns, args.repeats, device)
-        rows.append((k, t))
-    overhead = ["| K | plain work (ms) | hand-written floor (ms) | higher (ms) | func (ms) | higher / plain | "
-                "func / plain | floor / plain | higher / func | truncate=1 / plain |",
-                "|---|---|---|---|---|---|---|---|---|---|"]
-    for k, t in rows:
-        overhead.append(
-            f"| {k} | {1e3 * t['plain']:.0f} | {1e3 * t['floor']:.0f} | {1e3 * t['higher']:.0f} | "
-            f"{1e3 * t['func']:.0f} | {t['higher'] / t['plain']:.2f} | {t['func'] / t['plain']:.2f} | "
-            f"{t['floor'] / t['plain']:.2f} | {t['higher'] / t['func']:.2f} | {t['truncate'] / t['plain']:.2f} |")
+    for name in tqdm(args.settings, desc="settings"):
+        s = Setting(name, device)
+        t = timed(variants(s, args.k, extra), args.rounds, device)
+        rows.append((name, t, exactness(name, args.k, device, extra)))
+    names = list(rows[0][1])
+    timing = ["| setting | " + " | ".join(f"{n} (ms)" for n in names) + " | " +
+              " | ".join(f"{n} / floor" for n in names[1:]) + " |",
+              "|---|" + "---|" * (2 * len(names) - 1)]
+    exact = ["| setting | " + " | ".join(names[1:]) + " |", "|---|" + "---|" * (len(names) - 1)]
+    for name, t, e in rows:
+        timing.append(f"| {name} | " + " | ".join(f"{1e3 * t[n]:.2f}" for n in names) + " | " +
+                      " | ".join(f"{t[n] / t['floor']:.3f}" for n in names[1:]) + " |")
+        exact.append(f"| {name} | " + " | ".join(f"{e[n]:.1e}" for n in names[1:]) + " |")
 
+    s = Setting("dcgan", device)
     memory = ["| K | full unroll: graph MiB | checkpoint=True | truncate=5 |" +
               (" full: CUDA peak MiB | checkpoint: CUDA peak MiB |" if device.type == "cuda" else ""),
               "|---|---|---|---|" + ("---|---|" if device.type == "cuda" else "")]
@@ -212,11 +319,15 @@ def main() -> None:
             line += f" {full_peak:.0f} | {ck_peak:.0f} |"
         memory.append(line)
 
-    cmd = f"python benchmarks/performance.py --device {args.device} --batch {args.batch} --repeats {args.repeats}"
-    body = (f"Machine: {machine(device)}. Batch {args.batch}. Command: `{cmd}`\n\n"
-            "Time of one generator step (median of repeats, interleaved):\n\n" + "\n".join(overhead) +
-            "\n\nMemory the autograd graph holds for the backward pass (saved storages, func backend):\n\n" +
-            "\n".join(memory))
+    cmd = (f"python benchmarks/performance.py --device {args.device} --settings {' '.join(args.settings)} "
+           f"--k {args.k} --rounds {args.rounds}" + (f" --threads {args.threads}" if args.threads else ""))
+    body = (f"Machine: {machine(device)}. K = {args.k}, teach_steps = 0. Command: `{cmd}`\n\n"
+            f"Time of one generator step, loss and backward (median of {args.rounds} interleaved rounds):\n\n"
+            + "\n".join(timing) +
+            "\n\nLargest difference of the float64 generator gradient from the floor's, relative to its largest "
+            "entry:\n\n" + "\n".join(exact) +
+            "\n\nMemory the autograd graph holds for the backward pass (dcgan setting, default backend; saved "
+            "storages):\n\n" + "\n".join(memory))
     print(body)
     if str(args.out) != "-":
         tag = "cuda" if device.type == "cuda" else "cpu"

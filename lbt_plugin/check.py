@@ -26,7 +26,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 from torch import Tensor, nn
 
-from .loss import LBTLoss
+from ._impl.backends import patch
+from .loss import LBTLoss, _first_layer_input
 from .unroll import Unroller
 
 __all__ = ["Result", "run_checks", "forward_exactness", "hypergradient_error", "backend_agreement"]
@@ -186,7 +187,7 @@ def run_checks(
     *,
     ks: Sequence[int] = (1, 5),
     optimizers: Optional[Dict[str, OptimizerFactory]] = None,
-    backends: Sequence[str] = ("higher", "func"),
+    backends: Sequence[str] = ("func", "higher"),
     batch_size: int = 8,
     seed: int = 0,
     device: str = "cpu",
@@ -205,7 +206,8 @@ def run_checks(
         return [Result("build models", "", None, None, "FAIL", f"{type(exc).__name__}: {exc}")]
     data = torch.randn(batch_size, *data_shape, device=dev)
     if latent_shape is None:
-        latent_shape = getattr(generator, "latent_shape", None) or getattr(generator, "latent_dim", None)
+        latent_shape = (getattr(generator, "latent_shape", None) or getattr(generator, "latent_dim", None)
+                        or _first_layer_input(generator))
         if latent_shape is None:
             return [Result("latent shape", "", None, None, "FAIL",
                            "give --latent-shape, or a latent_dim / latent_shape attribute on the generator")]
@@ -231,6 +233,13 @@ def run_checks(
     if any(r.failed for r in rows):
         return rows
 
+    if "higher" in backends:
+        try:
+            patch(estimator)
+        except TypeError as exc:
+            rows.append(Result("higher can patch the estimator", "", None, None, "WARN", str(exc).split(":")[0]
+                               + "; checked on the other backend(s)"))
+            backends = tuple(b for b in backends if b != "higher")
     for name, make_opt in optimizers.items():
         for k in ks:
             setting = f"{name}, K={k}"

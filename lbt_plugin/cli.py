@@ -86,8 +86,10 @@ def main() -> None:
               help="Shape of one latent vector, e.g. 100,1,1; default: the generator's latent_dim/latent_shape.")
 @click.option("-k", "--k", "ks", multiple=True, type=click.IntRange(min=1), default=(1, 5), show_default=True,
               help="Unrolled steps to check (repeatable).")
-@click.option("--backend", "backends", multiple=True, type=click.Choice(["higher", "func"]),
-              default=("higher", "func"), show_default=True, help="Backends to check (repeatable).")
+@click.option("--backend", "backends", multiple=True, type=click.Choice(["func", "higher"]),
+              default=("func", "higher"), show_default=True,
+              help="Backends to check (repeatable); higher is skipped, with a warning, where it cannot patch the "
+                   "estimator.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=2))
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -129,10 +131,10 @@ def check(estimator_spec, generator_spec, optimizer_spec, data_shape, latent_sha
 @click.option("--latent-shape", default=None, metavar="D1,D2,...", help="Shape of one latent vector.")
 @click.option("-k", "--k", "ks", multiple=True, type=click.IntRange(min=1), default=(1, 5, 15), show_default=True,
               help="Unrolled steps to profile (repeatable).")
-@click.option("--backend", type=click.Choice(["higher", "func"]), default="higher", show_default=True)
+@click.option("--backend", type=click.Choice(["func", "higher"]), default="func", show_default=True)
 @click.option("--truncate", type=click.IntRange(min=1), default=None,
               help="Back-propagate through the last T steps only (capped at K).")
-@click.option("--checkpoint", is_flag=True, help="Recompute unrolled steps in backward (needs --backend func).")
+@click.option("--checkpoint", is_flag=True, help="Recompute unrolled steps in backward (backend func).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="cpu", show_default=True)

@@ -79,11 +79,12 @@ class LBTLoss:
             Only the returned term is scaled: the estimator's own teaching and unrolled
             steps always minimise ``-mean_m log p_E(G(z_m))``, so its optimizer's
             learning rate keeps its meaning.
-        backend: ``"higher"`` (default) or ``"func"``; same numbers.
+        backend: ``"func"`` (default) or ``"higher"``; the same numbers (see
+            :class:`~lbt_plugin.Unroller`; ``"higher"`` cannot patch every module).
         truncate: back-propagate through the last ``truncate`` of the K steps only
             (less memory and time, biased); see :class:`~lbt_plugin.Unroller`.
         checkpoint: recompute unrolled steps in the backward pass instead of storing
-            them (exact, memory flat in K; ``backend="func"``).
+            them (exact, memory flat in K; the default backend).
         latent: how to draw the generator's input when it is called without
             ``z``: an int ``d`` (``z ~ N(0, I)`` of shape ``[B, d]``), a shape tuple
             (``[B, *shape]``, e.g. ``(100, 1, 1)`` for DCGAN), or a callable
@@ -123,7 +124,7 @@ class LBTLoss:
         teach_steps: int = 1,
         weight: float = 1.0,
         reduction: str = "mean",
-        backend: str = "higher",
+        backend: str = "func",
         truncate: Optional[int] = None,
         checkpoint: bool = False,
         latent: Latent = None,

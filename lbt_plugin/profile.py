@@ -71,7 +71,7 @@ def profile_steps(
     z: Tensor,
     ks: Sequence[int],
     *,
-    backend: str = "higher",
+    backend: str = "func",
     truncate: Optional[int] = None,
     checkpoint: bool = False,
     teach_steps: int = 1,

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ._impl import rules
-from ._impl.backends import BACKENDS, GradReduce, optimizer_index
+from ._impl.backends import BACKENDS, GradReduce, optimizer_index, patch
 
 __all__ = ["Unroller", "UnrolledModule"]
 
@@ -95,8 +95,11 @@ class Unroller:
             buffers, step counts) define the steps; it is not modified. Supported:
             SGD, Adam, AdamW, RMSprop, with all their flags; anything else raises.
         k: number of unrolled steps, ``k >= 1``.
-        backend: ``"higher"`` (``higher.monkeypatch``) or ``"func"``
-            (``torch.func.functional_call``); both compute the same numbers.
+        backend: ``"func"`` (default: the module's own code with ``theta_t`` in its
+            parameter slots, as ``torch.func.functional_call``) or ``"higher"``
+            (``higher.monkeypatch``); both compute the same numbers. ``"higher"``
+            cannot patch some modules (abstract base classes, as in ``zuko``) and
+            raises a ``TypeError`` naming ``"func"`` here, at construction.
         truncate: back-propagate through the last ``truncate`` steps only; the first
             ``k - truncate`` are constant steps. Memory and time of the backward pass
             then scale with ``truncate``, not ``k``. *Biased*: the hypergradient omits
@@ -105,7 +108,7 @@ class Unroller:
         checkpoint: recompute each differentiable step during the backward pass
             instead of storing its graph (``torch.utils.checkpoint``). *Exact*; stores
             only ``theta_t`` and the optimizer state per step, at the price of about one
-            more forward/backward of the inner loss per step. Needs ``backend="func"``.
+            more forward/backward of the inner loss per step. Needs ``backend="func"`` (the default).
         grad_reduce: a function applied to the list of inner gradients at every step
             (``None`` entries for unused parameters), e.g. a differentiable all-reduce
             across ranks; it must keep the graph.
@@ -124,7 +127,7 @@ class Unroller:
         optimizer: torch.optim.Optimizer,
         k: int = 1,
         *,
-        backend: str = "higher",
+        backend: str = "func",
         truncate: Optional[int] = None,
         checkpoint: bool = False,
         grad_reduce: Optional[GradReduce] = None,
@@ -148,6 +151,8 @@ class Unroller:
                              "state that a recomputation would advance twice)")
         rules.rule_for(optimizer)  # fail now, not at the first call
         optimizer_index(module, optimizer)
+        if backend == "higher":
+            patch(module)  # a module higher cannot patch fails here, naming "func"
         self.module, self.optimizer, self.k, self.backend = module, optimizer, k, backend
         self.truncate, self.checkpoint, self.check_finite = truncate, checkpoint, check_finite
         self.grad_reduce = grad_reduce

@@ -65,3 +65,41 @@ def foreign_optimizer(estimator):
 
 def returns_int():
     return 42
+
+
+class ZukoFlow(nn.Module):
+    """A zuko neural spline flow as an estimator (zuko's modules have abstract bases: higher cannot patch them)."""
+
+    def __init__(self):
+        super().__init__()
+        import zuko
+
+        self.flow = zuko.flows.NSF(2, transforms=2, hidden_features=[16, 16])
+
+    def log_prob(self, x):
+        return self.flow().log_prob(x)
+
+
+class NormflowsRealNVP(nn.Module):
+    """A normflows RealNVP (affine couplings) as an estimator."""
+
+    def __init__(self):
+        super().__init__()
+        import normflows as nf
+
+        flows = []
+        for _ in range(2):
+            flows += [nf.flows.AffineCouplingBlock(nf.nets.MLP([1, 16, 2], init_zeros=False)),
+                      nf.flows.Permute(2, mode="swap")]
+        self.model = nf.NormalizingFlow(nf.distributions.base.DiagGaussian(2), flows)
+
+    def log_prob(self, x):
+        return self.model.log_prob(x)
+
+
+def zuko_flow():
+    return ZukoFlow()
+
+
+def normflows_realnvp():
+    return NormflowsRealNVP()

@@ -94,16 +94,18 @@ def test_memory_option_errors():
     est = TinyCoupling(2, 8)
     opt = torch.optim.SGD(est.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="checkpoint=True needs backend='func'"):
-        Unroller(est, opt, 3, checkpoint=True)
+        Unroller(est, opt, 3, checkpoint=True, backend="higher")
+    Unroller(est, opt, 3, checkpoint=True)  # the default backend checkpoints
     for t in (0, 4, 1.5):
         with pytest.raises(ValueError, match=r"truncate must be an integer in \[1, k=3\]"):
             Unroller(est, opt, 3, truncate=t)
 
 
-def test_truncate_keeps_frozen_parameters_frozen_with_higher():
+@pytest.mark.parametrize("backend", ["higher", "func"])
+def test_truncate_keeps_frozen_parameters_frozen(backend):
     est = TinyCoupling(2, 8)
     est.loc.requires_grad_(False)
     x = torch.randn(16, 2)
     opt = torch.optim.SGD(est.parameters(), lr=0.1)
-    view = Unroller(est, opt, 3, truncate=1)(lambda e: -e.log_prob(x).mean())
+    view = Unroller(est, opt, 3, truncate=1, backend=backend)(lambda e: -e.log_prob(x).mean())
     assert torch.equal(dict(view.named_parameters())["loc"], est.loc)

@@ -19,4 +19,4 @@ def test_profile_cli_options():
                                   "--truncate", "2"])
     assert result.exit_code == 0, result.output
     assert "func, truncate=2, checkpoint" in result.output
-    assert runner.invoke(main, ["profile", "--checkpoint"]).exit_code == 2
+    assert runner.invoke(main, ["profile", "--checkpoint", "--backend", "higher"]).exit_code == 2

@@ -104,10 +104,27 @@ def test_unsupported_optimizer_and_flags_raise_clearly():
         Unroller(est, torch.optim.SGD(est.parameters(), lr=lr), 1)(lambda e: -e.log_prob(torch.randn(4, 2)).mean())
 
 
-def test_higher_registry_holds_our_optimizers():
-    import higher.optim
+def test_importing_and_using_the_package_leaves_higher_s_own_optimizers_alone():
+    """A user's MAML code in the same process keeps higher's maths: our rules are used by our unrolls only."""
+    import subprocess
+    import sys
 
-    est = TinyCoupling(2, 8)
-    for cls in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop):
-        diff = higher.optim.get_diff_optim(cls(est.parameters(), lr=0.1), est.parameters())
-        assert type(diff).__module__ == "lbt_plugin._impl.backends", type(diff)
+    script = """
+import torch, higher.optim
+def kinds():
+    net = torch.nn.Linear(2, 2)
+    return [type(higher.optim.get_diff_optim(cls(net.parameters(), lr=0.1), net.parameters())).__qualname__ + '@'
+            + type(higher.optim.get_diff_optim(cls(net.parameters(), lr=0.1), net.parameters())).__module__
+            for cls in (torch.optim.SGD, torch.optim.Adam, torch.optim.RMSprop)]
+before = kinds()
+import lbt_plugin
+from lbt_plugin._impl.toy import TinyCoupling, TinyGenerator
+for backend in ("higher", "func"):
+    lbt_plugin.LBTLoss(TinyCoupling(2, 8), k=2, backend=backend)(TinyGenerator(4, 2, 8), torch.randn(8, 2)).backward()
+after = kinds()
+print(before == after, before, after)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("True"), out.stdout
+    assert "higher.optim" in out.stdout and "lbt_plugin" not in out.stdout

@@ -6,12 +6,17 @@ module, or of one of its submodules, with ``theta_t`` in place of the module's
 own parameters. Both backends use the same update rules (:mod:`.rules`), so
 they compute the same numbers; they differ in how the module is made functional.
 
-- ``HigherBackend`` uses ``higher.monkeypatch`` and ``higher``'s differentiable
-  optimizer machinery, with our rules registered for ``torch.optim`` classes.
-  ``higher`` rebinds fast weights only inside ``forward``; a direct call of
-  another method (``log_prob``) or of a submodule silently reads stale weights.
-  :meth:`HigherBackend.call` rebinds all fast weights before every call.
-- ``FuncBackend`` uses ``torch.func.functional_call`` and plain autograd.
+- ``FuncBackend`` (the default, ``"func"``) puts ``theta_t`` into the module's own
+  parameter slots for the duration of a call, as ``torch.func.functional_call`` does,
+  and takes steps with plain autograd. Any module works, whatever its class hierarchy.
+- ``HigherBackend`` (``"higher"``) uses ``higher.monkeypatch`` and ``higher``'s
+  differentiable optimizer machinery, with our rules as the optimizers (used for
+  this package's unrolls only; ``higher``'s own registry is left alone). ``higher``
+  rebinds fast weights only inside ``forward``; a direct call of another method
+  (``log_prob``) or of a submodule silently reads stale weights, so
+  :meth:`HigherBackend.call` rebinds all fast weights before every call. It cannot
+  patch modules whose classes cannot be subclassed together with its patch class
+  (abstract bases, as in ``zuko``); it then says so and names ``"func"``.
 """
 from __future__ import annotations
 
@@ -53,7 +58,7 @@ def optimizer_index(module: nn.Module, optimizer: torch.optim.Optimizer) -> List
 
 
 class FuncBackend:
-    """Unroll with ``torch.func.functional_call`` and ``torch.autograd.grad``."""
+    """Unroll with the module's own code, ``theta_t`` placed in its parameter slots, and ``torch.autograd.grad``."""
 
     def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, index: List[List[int]],
                  grad_reduce: Optional[GradReduce] = None):
@@ -62,27 +67,36 @@ class FuncBackend:
         self.rule = rules.rule_for(optimizer)
         self.groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         self.index = index
-        named = list(module.named_parameters())
-        self.names = [n for n, _ in named]
-        self.params: List[Tensor] = [p.detach().clone().requires_grad_(p.requires_grad) for _, p in named]
-        self.buffers: Dict[str, Tensor] = {n: b.detach().clone() for n, b in module.named_buffers()}
+        params = list(module.parameters())
+        self.params: List[Tensor] = [p.detach().clone().requires_grad_(p.requires_grad) for p in params]
+        self._trainable = [i for i, p in enumerate(params) if p.requires_grad]
+        self._param_slots, buffers = _slots(module, params)
+        self._buffer_slots = [(d, name, i) for d, name, i in buffers]
+        self.buffers: List[Tensor] = [b.detach().clone() for b in _unique_buffers(module)]
         self.state = {
             i: rules.copy_state(optimizer, p)
             for group, ids in zip(optimizer.param_groups, index)
             for i, p in zip(ids, group["params"])
         }
-        self._caller = _MethodCaller(module)
-        self._caller_names = ["m." + n for n in self.names]  # names as seen from the caller, built once
-        self._caller_buffers = {"m." + n: b for n, b in self.buffers.items()}
 
     def call(self, path: str, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
-        mapping = dict(zip(self._caller_names, self.params))
-        mapping.update(self._caller_buffers)
-        return torch.func.functional_call(self._caller, mapping, (path, name, args, kwargs))
+        """``module.<path>.<name>(*args, **kwargs)`` with ``theta_t`` and the buffer copies in the module's slots."""
+        slots = self._param_slots + self._buffer_slots
+        saved = [d[key] for d, key, _ in slots]
+        try:
+            for d, key, i in self._param_slots:
+                d[key] = self.params[i]
+            for d, key, i in self._buffer_slots:
+                d[key] = self.buffers[i]
+            target = self.module.get_submodule(path)
+            return target(*args, **kwargs) if name == "forward" else getattr(target, name)(*args, **kwargs)
+        finally:
+            for (d, key, _), original in zip(slots, saved):
+                d[key] = original
 
     def step(self, loss: Tensor, create_graph: bool = True) -> None:
         """One update from ``loss``; ``create_graph=False`` takes a constant step (no hypergradient)."""
-        trainable = [i for i, p in enumerate(self.params) if p.requires_grad]
+        trainable = self._trainable
         grads = torch.autograd.grad(
             loss, [self.params[i] for i in trainable], create_graph=create_graph, allow_unused=True
         )
@@ -136,26 +150,37 @@ class FuncBackend:
         return out[0]
 
 
-class _MethodCaller(nn.Module):
-    """Lets ``functional_call`` (which calls ``forward``) reach any method of any submodule."""
+def _slots(module: nn.Module, params: List[Tensor]) -> Tuple[List[Tuple[Dict, str, int]], List[Tuple[Dict, str, int]]]:
+    """Every place a parameter or buffer of ``module`` lives, as ``(owner's dict, name, index)``.
 
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.m = module
+    Indices point into ``params`` (``module.parameters()``, shared tensors once) and into
+    :func:`_unique_buffers`; a tensor shared by two submodules has two slots and one index.
+    """
+    position = {id(p): i for i, p in enumerate(params)}
+    buffer_position = {id(b): i for i, b in enumerate(_unique_buffers(module))}
+    param_slots, buffer_slots = [], []
+    for _, owner in module.named_modules(remove_duplicate=False):
+        for key, p in owner._parameters.items():
+            if p is not None:
+                param_slots.append((owner._parameters, key, position[id(p)]))
+        for key, b in owner._buffers.items():
+            if b is not None:
+                buffer_slots.append((owner._buffers, key, buffer_position[id(b)]))
+    return param_slots, buffer_slots
 
-    def forward(self, path: str, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
-        target = self.m.get_submodule(path)
-        return target(*args, **kwargs) if name == "forward" else getattr(target, name)(*args, **kwargs)
+
+def _unique_buffers(module: nn.Module) -> List[Tensor]:
+    return list(module.buffers())
 
 
 class _RuleOptimizer(higher.optim.DifferentiableOptimizer):
     """A ``higher`` differentiable optimizer whose update is one of :mod:`.rules`.
 
-    Registered with ``higher`` for ``torch.optim.SGD``, ``Adam``, ``AdamW`` and
-    ``RMSprop`` on import, replacing ``higher``'s own versions (its Adam places
-    eps differently from ``torch.optim.Adam``, ignores ``maximize`` and newer
-    flags, and has no AdamW). The constructor copies the optimizer's state without
-    deep-copying its parameters, which ``higher``'s base class does.
+    One subclass per ``torch.optim.SGD``, ``Adam``, ``AdamW`` and ``RMSprop``, used by
+    :class:`HigherBackend` instead of ``higher``'s own versions (its Adam places eps
+    differently from ``torch.optim.Adam``, ignores ``maximize`` and newer flags, and has
+    no AdamW). The constructor copies the optimizer's state without deep-copying its
+    parameters, which ``higher``'s base class does.
     """
 
     rule: rules.Rule
@@ -204,13 +229,24 @@ class _RuleOptimizer(higher.optim.DifferentiableOptimizer):
                     group["params"][j] = rule(group, p, grad, self.state[g][j])
 
 
-def _register_with_higher() -> None:
-    for optim_type, rule in rules.RULES.items():
-        cls = type(f"Differentiable{optim_type.__name__}", (_RuleOptimizer,), {"rule": staticmethod(rule), "__module__": __name__})
-        higher.optim.register_optim(optim_type, cls)
+#: Our differentiable optimizers, by ``torch.optim`` class. Not registered with ``higher``: other users of
+#: ``higher.optim.get_diff_optim`` in the same process keep ``higher``'s own.
+_DIFFERENTIABLE = {
+    optim_type: type(f"Differentiable{optim_type.__name__}", (_RuleOptimizer,),
+                     {"rule": staticmethod(rule), "__module__": __name__})
+    for optim_type, rule in rules.RULES.items()
+}
 
 
-_register_with_higher()
+def patch(module: nn.Module) -> "higher.patch._MonkeyPatchBase":
+    """``higher.monkeypatch(module)``, or a ``TypeError`` that says why it cannot and names the fix."""
+    try:
+        return higher.patch.monkeypatch(module, copy_initial_weights=True, track_higher_grads=False)
+    except TypeError as exc:
+        raise TypeError(
+            f"backend='higher' cannot patch {type(module).__name__}: higher subclasses every submodule's class, and "
+            f"this fails here ({' '.join(str(exc).split())}). Use backend='func' (the default), which works with any module."
+        ) from None
 
 
 class HigherBackend:
@@ -221,9 +257,9 @@ class HigherBackend:
         rules.rule_for(optimizer)  # the same clear errors as the func backend
         # track_higher_grads=False on the *module* only keeps one list of fast weights
         # instead of appending one per rebinding; the optimizer still builds the graph.
-        self.fmodel = higher.patch.monkeypatch(module, copy_initial_weights=True, track_higher_grads=False)
+        self.fmodel = patch(module)
         self._trainable = [p.requires_grad for p in module.parameters()]
-        self.diffopt = higher.optim.get_diff_optim(
+        self.diffopt = _DIFFERENTIABLE[type(optimizer)](
             optimizer, list(module.parameters()), fmodel=self.fmodel, track_higher_grads=True,
             grad_callback=grad_reduce,
         )

@@ -23,15 +23,19 @@ Rule = Callable[[Dict[str, Any], Tensor, Tensor, State], Tensor]
 
 
 def _scalar(group: Dict[str, Any], key: str) -> Any:
-    """A hyper-parameter; tensors are kept (torch computes with them in their dtype)."""
-    value = group[key]
-    values = value if isinstance(value, tuple) else (value,)
-    if any(isinstance(v, Tensor) and v.requires_grad for v in values):
-        raise ValueError(
-            f"optimizer hyper-parameter {key!r} is a tensor that requires grad; "
-            "lbt-plugin unrolls with fixed hyper-parameters. Pass a float or a detached tensor."
-        )
-    return value
+    """A hyper-parameter; tensors are kept (torch computes with them in their dtype). :func:`rule_for`
+    has refused tensors that require grad."""
+    return group[key]
+
+
+def _check_fixed(group: Dict[str, Any]) -> None:
+    for key, value in group.items():
+        values = value if isinstance(value, tuple) else (value,)
+        if key != "params" and any(isinstance(v, Tensor) and v.requires_grad for v in values):
+            raise ValueError(
+                f"optimizer hyper-parameter {key!r} is a tensor that requires grad; "
+                "lbt-plugin unrolls with fixed hyper-parameters. Pass a float or a detached tensor."
+            )
 
 
 def _num(x: Any) -> Any:
@@ -165,6 +169,7 @@ def rule_for(optimizer: torch.optim.Optimizer) -> Rule:
         )
     known = _RULE_KEYS[rule] | _NEUTRAL_KEYS
     for i, group in enumerate(optimizer.param_groups):
+        _check_fixed(group)
         for key, value in group.items():
             if key not in known and value not in (None, False, 0):
                 raise ValueError(
