@@ -31,14 +31,31 @@ def _loss_and_grad(G, est, data, z, device_type="cpu", autocast=False, **options
 
 @pytest.mark.parametrize("options", [{"backend": "higher"}, {"backend": "func"},
                                      {"backend": "func", "checkpoint": True}], ids=["higher", "func", "checkpoint"])
-def test_bf16_autocast_tracks_float32(options):
-    """The generator runs in bf16; the LBT term is computed in float32 (bf16 there gives a wrong hypergradient)."""
+def test_inside_autocast_the_lbt_term_is_the_float32_term_of_the_bf16_samples(options):
+    """The property of our code under bf16 autocast, exactly: the LBT term (loss and its gradient to the
+    samples) is the float32 computation on the bf16 samples cast up; only the user's generator runs in bf16.
+
+    A deterministic construction, not a tolerance: how far the bf16 generator's own rounding moves the
+    end-to-end gradient depends on the model and on the machine's bf16 kernels (benchmarks/precision.py
+    measures it), not on this package.
+    """
     G, est, data, z = _setup()
-    loss32, g32 = _loss_and_grad(G, est, data, z, **options)
-    loss16, g16 = _loss_and_grad(G, est, data, z, autocast=True, **options)
-    assert torch.isfinite(g16).all()
-    assert abs(loss16 - loss32) / abs(loss32) < 0.01
-    assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.9  # measured 0.91; -0.1 with a bf16 LBT term
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fake16 = G(z)
+    assert fake16.dtype == torch.bfloat16
+    x16 = fake16.detach().requires_grad_()
+    x32 = fake16.detach().float().requires_grad_()
+    losses, grads = [], []
+    for x, autocast in ((x16, True), (x32, False)):
+        lbt = LBTLoss(copy.deepcopy(est), k=3, teach_steps=1, **options)
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = lbt(x, data)
+        losses.append(loss)
+        grads.append(torch.autograd.grad(loss, x)[0])
+    assert losses[0].dtype == torch.float32 and torch.equal(losses[0], losses[1])
+    assert grads[0].dtype == torch.bfloat16 and torch.equal(grads[0], grads[1].to(torch.bfloat16))
+    assert grads[1].abs().sum() > 0
 
 
 def test_the_lbt_term_is_float32_inside_autocast():
