@@ -1,32 +1,46 @@
 """GAN, Unrolled GAN, LBT and LBT-GAN on the 2-D ring and grid: the mode-collapse benchmark.
 
-    python examples/mode_collapse_2d.py                       # all methods, both datasets, 3 seeds
-    python examples/mode_collapse_2d.py --steps 300 --seeds 1 # a quick look
+    python examples/mode_collapse_2d.py                     # the converged table: 4 methods x 2 datasets x 5 seeds
+    python examples/mode_collapse_2d.py --quick             # a minutes-long look at the same protocol
+    python examples/mode_collapse_2d.py --runs runs/2d      # resume: finished runs are reused, others continue
 
-Every method uses the same generator and discriminator (MLPs of two tanh layers of
-128, as in the authors' toy code), the same optimizers and the same number of
-generator updates. Prints a table of modes captured, high-quality share and
-mode-histogram KL (mean +- standard error over seeds), saves a scatter plot per
-dataset, and writes the table into docs/results.md between its markers.
+The protocol follows PacGAN's 2-D code (github fjxmlzn/PacGAN): a 2-D Gaussian latent, a
+generator of ReLU layers with batch normalisation, a maxout discriminator, Adam with
+beta1 = 0.8, batch 100, one discriminator and one generator update per iteration computed
+at the same parameters, 2,500 samples per evaluation. Where we differ from it (widths,
+learning rate, number of updates; see ``Config`` and docs/results.md) we say so.
+
+All seeds of one method train as one batched model: every parameter has a leading seed
+dimension, layers are batched matrix products, and each loss is the *sum* over seeds of
+the per-seed loss, so every seed's gradients are exactly those of the seed run alone
+(``tests/test_mode_collapse_example.py`` checks it). One ``LBTLoss`` call teaches and
+unrolls the estimators of all seeds at once.
+
+Every run checkpoints to ``--runs`` at each evaluation; an interrupted benchmark continues
+where it stopped and rebuilds the table from what is done. The table, a plot of modes,
+high-quality share and KL against generator updates (all methods, mean ± s.e. over seeds),
+and the final scatter plots go to docs/results.md and docs/img.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import multiprocessing as mp
+import os
 import re
+import tempfile
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from lbt_plugin import LBTLoss, Unroller
-from lbt_plugin.estimators import GaussianMixture, VAE
 from lbt_plugin.metrics import Mixture, ModeStats, grid, mode_stats, ring
 
 METHODS = ("gan", "unrolled-gan", "lbt", "lbt-gan")
@@ -36,149 +50,325 @@ DATASETS = {"ring": ring, "grid": grid}
 
 @dataclass
 class Config:
-    """Hyper-parameters, chosen once for every method and dataset (see docs/results.md)."""
+    """Hyper-parameters, one set for every method and dataset (docs/results.md says why each)."""
 
-    steps: int = 6000
-    batch: int = 256
-    latent: int = 16
-    hidden: int = 128
-    g_lr: float = 1e-3
-    d_lr: float = 1e-4
-    betas: tuple = (0.5, 0.999)
-    k: int = 5  # unrolled steps, for Unrolled GAN's discriminator and LBT's estimator
-    teach_steps: int = 10  # ordinary estimator steps per generator step (authors: about 10-15)
-    estimator: str = "mixture"
-    components: int = 50
-    component_std: float = 0.125  # fixed component std, times the data's extent
-    est_optimizer: str = "sgd"  # the estimator's optimizer, for teaching and unrolled steps
-    est_lr: float = 4.0  # SGD: step size in units of the components' variance (1.0 on the grid)
-    adam_lr: float = 3e-3  # Adam (--est-optimizer adam, the ablation): step size
-    lambda_gan: float = 0.1  # LBT-GAN: lambda * GAN loss + LBT loss (authors' toy setting)
-    clip: float = 5.0
-    eval_samples: int = 2500
-
-
-def mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
-                         nn.Linear(hidden, n_out))
-
-
-def component_std(cfg: Config, mixture: Mixture) -> float:
-    """The mixture estimator's fixed std: ``cfg.component_std`` times the data's extent."""
-    return cfg.component_std * float(mixture.centers.abs().max())
+    steps: int = 20000  # generator updates (= discriminator updates) per run
+    batch: int = 100  # PacGAN
+    latent: int = 2  # PacGAN: z ~ N(0, I_2)
+    g_hidden: int = 128  # PacGAN: 400
+    g_layers: int = 4  # PacGAN: 4 x (linear, batch norm, ReLU)
+    d_units: int = 128  # PacGAN: 200 maxout units of 5 pieces, 3 layers
+    d_pieces: int = 5
+    d_layers: int = 3
+    lr: float = 1e-3  # PacGAN: 1e-4 for both networks, 400k updates
+    lr_final: float = 1e-3  # the learning rate decays linearly to this over the run (equal: constant)
+    betas: Tuple[float, float] = (0.8, 0.999)  # PacGAN
+    init_std: float = 0.02  # PacGAN: weights ~ N(0, 0.02^2), biases 0
+    k: int = 5  # unrolled steps: Unrolled GAN's discriminator, LBT's estimator
+    teach_steps: int = 10  # ordinary estimator steps per generator step (the authors: about 10-15)
+    components: int = 50  # the mixture estimator's components
+    est_std: float = 0.125  # the mixture's fixed component std, times the data's extent
+    est_std_final: float = 0.125  # annealed geometrically to this over the run (equal: no annealing)
+    est_lr: float = 4.0  # SGD step of the estimator, in units of its variance
+    lbt_weight: float = 1.0  # LBTLoss weight (nats per dimension, the package's default scale)
+    gan_weight: float = 1.0  # LBT-GAN: gan_weight * GAN loss + LBT loss
+    eval_every: int = 1000
+    eval_samples: int = 2500  # VEEGAN / PacGAN
 
 
-def make_estimator(cfg: Config, mixture: Mixture) -> nn.Module:
-    scale = float(mixture.centers.abs().max())
-    if cfg.estimator == "mixture":
-        # Fixed component std, relative to the data's extent, like the authors' fixed VAE decoder
-        # variance: a learnable std lets the mixture cover far data by widening, and a short unroll
-        # then rewards a generator that spreads out (docs/results.md, "What was tried").
-        return GaussianMixture(2, cfg.components, init_scale=scale / 2, init_std=component_std(cfg, mixture),
-                               learn_std=False)
-    return VAE(2)
+# ----------------------------------------------------------------------------------------------- batched models
+def _draw(gens: Sequence[torch.Generator], shape: Tuple[int, ...], std: float) -> Tensor:
+    """``[S, *shape]`` of N(0, std^2), slice ``s`` drawn from ``gens[s]`` (so one seed alone draws the same)."""
+    return torch.stack([torch.randn(shape, generator=g) * std for g in gens])
 
 
-def make_estimator_optimizer(cfg: Config, mixture: Mixture, est: nn.Module) -> torch.optim.Optimizer:
-    """SGD whose step is ``est_lr`` times the components' variance, so one setting serves both datasets.
+class SeedLinear(nn.Module):
+    """S independent linear layers, ``x [S, B, n_in] -> [S, B, n_out]`` by batched matrix products."""
 
-    A mean's gradient is ``pi_k (mean of its samples - mu_k) / sigma^2``: the step moves it a fraction
-    ``est_lr * pi_k`` of the way, on any scale. SGD's update is linear in the gradient, so the
-    unrolled steps pass the teaching signal on in proportion; Adam divides it by its own running
-    magnitude, and on the grid LBT then missed modes (the ablation in docs/results.md).
+    def __init__(self, gens: Sequence[torch.Generator], n_in: int, n_out: int, std: float, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(_draw(gens, (n_in, n_out), std))
+        self.bias = nn.Parameter(torch.zeros(len(gens), 1, n_out)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.bmm(x, self.weight) if self.bias is None else torch.baddbmm(self.bias, x, self.weight)
+
+
+class SeedBatchNorm(nn.Module):
+    """Batch normalisation over each seed's batch (dimension 1), with a learned scale and shift per seed."""
+
+    def __init__(self, seeds: int, features: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(seeds, 1, features))
+        self.bias = nn.Parameter(torch.zeros(seeds, 1, features))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+class Maxout(nn.Module):
+    """A maxout layer: ``units`` outputs, each the max of ``pieces`` linear functions."""
+
+    def __init__(self, gens: Sequence[torch.Generator], n_in: int, units: int, pieces: int, std: float):
+        super().__init__()
+        self.linear, self.units, self.pieces = SeedLinear(gens, n_in, units * pieces, std), units, pieces
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x).unflatten(-1, (self.units, self.pieces)).amax(-1)
+
+
+def generator(cfg: Config, gens: Sequence[torch.Generator]) -> nn.Sequential:
+    """PacGAN's generator shape: ``g_layers`` x (linear without bias, batch norm, ReLU), then linear to 2-D."""
+    layers: List[nn.Module] = []
+    n_in = cfg.latent
+    for _ in range(cfg.g_layers):
+        layers += [SeedLinear(gens, n_in, cfg.g_hidden, cfg.init_std, bias=False),
+                   SeedBatchNorm(len(gens), cfg.g_hidden), nn.ReLU()]
+        n_in = cfg.g_hidden
+    return nn.Sequential(*layers, SeedLinear(gens, n_in, 2, cfg.init_std))
+
+
+def discriminator(cfg: Config, gens: Sequence[torch.Generator]) -> nn.Sequential:
+    """PacGAN's discriminator shape: ``d_layers`` maxout layers, then a linear logit."""
+    layers: List[nn.Module] = []
+    n_in = 2
+    for _ in range(cfg.d_layers):
+        layers.append(Maxout(gens, n_in, cfg.d_units, cfg.d_pieces, cfg.init_std))
+        n_in = cfg.d_units
+    return nn.Sequential(*layers, SeedLinear(gens, n_in, 1, cfg.init_std))
+
+
+class SeedMixture(nn.Module):
+    """S Gaussian mixtures with a common fixed std (a buffer the loop may anneal), one per seed.
+
+    ``log_prob(x [B, S, 2]) -> [B]`` is the sum over seeds of each seed's log-density, so the
+    estimator of seed ``s`` only ever sees seed ``s``'s samples and gets its own gradient.
     """
-    if cfg.est_optimizer == "sgd":
-        return torch.optim.SGD(est.parameters(), lr=cfg.est_lr * component_std(cfg, mixture) ** 2)
-    return torch.optim.Adam(est.parameters(), lr=cfg.adam_lr, betas=cfg.betas)
+
+    def __init__(self, gens: Sequence[torch.Generator], components: int, init_scale: float, std: float):
+        super().__init__()
+        self.loc = nn.Parameter(_draw(gens, (components, 2), init_scale))  # [S, C, 2]
+        self.logits = nn.Parameter(torch.zeros(len(gens), components))
+        self.register_buffer("std", torch.tensor(float(std)))
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        d2 = (x.unsqueeze(2) - self.loc).pow(2).sum(-1)  # [B, S, C]
+        comp = -0.5 * d2 / self.std**2 - 2 * self.std.log() - math.log(2 * math.pi)
+        return torch.logsumexp(comp + torch.log_softmax(self.logits, -1), dim=-1).sum(-1)
 
 
-def evaluate(G: nn.Module, mixture: Mixture, cfg: Config, seed: int) -> tuple:
-    with torch.no_grad():
-        samples = G(torch.randn(cfg.eval_samples, cfg.latent, generator=torch.Generator().manual_seed(seed)))
-    return mode_stats(samples, mixture), samples
+# ----------------------------------------------------------------------------------------------- training
+def seed_generators(seeds: Sequence[int], stream: int) -> List[torch.Generator]:
+    return [torch.Generator().manual_seed(1_000_003 * stream + s) for s in seeds]
 
 
-def train(method: str, mixture: Mixture, seed: int, cfg: Config, progress: bool = True,
-          eval_every: int = 0) -> tuple:
-    """One run; returns the final ``ModeStats``, the evaluation samples and the history of
-    ``(step, ModeStats)`` taken every ``eval_every`` steps (none when 0)."""
-    torch.manual_seed(seed)
-    data_gen = torch.Generator().manual_seed(10_000 + seed)
-    G, D = mlp(cfg.latent, 2, cfg.hidden), mlp(2, 1, cfg.hidden)
-    g_opt = torch.optim.Adam(G.parameters(), lr=cfg.g_lr, betas=cfg.betas)
-    d_opt = torch.optim.Adam(D.parameters(), lr=cfg.d_lr, betas=cfg.betas)
-    bce = nn.BCEWithLogitsLoss()
-    ones, zeros = torch.ones(cfg.batch, 1), torch.zeros(cfg.batch, 1)
-    use_d = method != "lbt"
-    lbt = None
-    if method in ("lbt", "lbt-gan"):
-        est = make_estimator(cfg, mixture)
-        e_opt = make_estimator_optimizer(cfg, mixture, est)
-        lbt = LBTLoss(est, k=cfg.k, optimizer=e_opt, teach_steps=cfg.teach_steps)
-    unroll = Unroller(D, d_opt, k=cfg.k) if method == "unrolled-gan" else None
-    bar = tqdm(range(cfg.steps), desc=f"{mixture_name(mixture)} {NAMES[method]} seed {seed}", leave=False,
+class Run:
+    """One method on one dataset, all ``seeds`` batched; ``step()`` is one training iteration."""
+
+    def __init__(self, method: str, dataset: str, seeds: Sequence[int], cfg: Config):
+        self.method, self.dataset, self.seeds, self.cfg = method, dataset, list(seeds), cfg
+        self.mixture = DATASETS[dataset]()
+        init = seed_generators(seeds, 0)
+        self.data_gens, self.noise_gens = seed_generators(seeds, 1), seed_generators(seeds, 2)
+        self.G, self.D = generator(cfg, init), discriminator(cfg, init)
+        self.g_opt = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=cfg.betas)
+        self.d_opt = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=cfg.betas)
+        self.bce = nn.BCEWithLogitsLoss(reduction="none")
+        self.lbt: Optional[LBTLoss] = None
+        if method in ("lbt", "lbt-gan"):
+            extent = float(self.mixture.centers.abs().max())
+            self.est = SeedMixture(init, cfg.components, extent / 2, cfg.est_std * extent)
+            self.e_opt = torch.optim.SGD(self.est.parameters(), lr=cfg.est_lr * float(self.est.std) ** 2)
+            # The LBT term per seed is LBTLoss's default, nats per dimension (2 here); the batched
+            # data [B, S, 2] has 2S dimensions, so the weight carries the factor S that sums the seeds.
+            self.lbt = LBTLoss(self.est, k=cfg.k, optimizer=self.e_opt, teach_steps=cfg.teach_steps,
+                               weight=cfg.lbt_weight * len(self.seeds))
+        self.unroll = Unroller(self.D, self.d_opt, k=cfg.k) if method == "unrolled-gan" else None
+        self.step_count = 0
+        self.history: List[Tuple[int, List[ModeStats]]] = []
+
+    def _gan_loss(self, logits: Tensor, target: float) -> Tensor:
+        """The sum over seeds of each seed's mean binary cross-entropy."""
+        return self.bce(logits, torch.full_like(logits, target)).mean(dim=(1, 2)).sum()
+
+    def _anneal(self) -> None:
+        cfg = self.cfg
+        if cfg.est_std_final == cfg.est_std:
+            return
+        extent = float(self.mixture.centers.abs().max())
+        frac = min(self.step_count / max(cfg.steps - 1, 1), 1.0)
+        std = extent * cfg.est_std * (cfg.est_std_final / cfg.est_std) ** frac
+        self.est.std.fill_(std)
+        self.e_opt.param_groups[0]["lr"] = cfg.est_lr * std**2
+
+    def step(self) -> None:
+        cfg, S = self.cfg, len(self.seeds)
+        lr = cfg.lr + (cfg.lr_final - cfg.lr) * self.step_count / max(cfg.steps - 1, 1)
+        for group in self.g_opt.param_groups + self.d_opt.param_groups:
+            group["lr"] = lr
+        real = torch.stack([self.mixture.sample(cfg.batch, g) for g in self.data_gens])  # [S, B, 2]
+        z = torch.stack([torch.randn(cfg.batch, cfg.latent, generator=g) for g in self.noise_gens])
+        fake = self.G(z)
+        g_params, d_params = list(self.G.parameters()), list(self.D.parameters())
+        # As PacGAN: both updates computed at the same parameters, then both applied.
+        if self.method != "lbt":
+            d_loss = self._gan_loss(self.D(real), 1.0) + self._gan_loss(self.D(fake.detach()), 0.0)
+            d_grads = torch.autograd.grad(d_loss, d_params)
+        g_loss = torch.zeros(())
+        if self.method == "gan":
+            g_loss = self._gan_loss(self.D(fake), 1.0)
+        elif self.method == "unrolled-gan":
+            D_K = self.unroll(lambda d: self._gan_loss(d(real), 1.0) + self._gan_loss(d(fake), 0.0))
+            g_loss = self._gan_loss(D_K(fake), 1.0)
+        elif self.method == "lbt-gan":
+            g_loss = cfg.gan_weight * self._gan_loss(self.D(fake), 1.0)
+        if self.lbt is not None:
+            self._anneal()
+            g_loss = g_loss + self.lbt(fake.transpose(0, 1), real.transpose(0, 1))
+        g_grads = torch.autograd.grad(g_loss, g_params)
+        for p, g in zip(g_params, g_grads):
+            p.grad = g
+        self.g_opt.step()
+        if self.method != "lbt":
+            for p, g in zip(d_params, d_grads):
+                p.grad = g
+            self.d_opt.step()
+        self.step_count += 1
+
+    @torch.no_grad()
+    def samples(self) -> Tensor:
+        """``[S, eval_samples, 2]``, from each seed's own fixed latents (batch statistics of these samples)."""
+        z = torch.stack([torch.randn(self.cfg.eval_samples, self.cfg.latent,
+                                     generator=torch.Generator().manual_seed(2333 + s)) for s in self.seeds])
+        return self.G(z)
+
+    def evaluate(self) -> List[ModeStats]:
+        return [mode_stats(x, self.mixture) for x in self.samples()]
+
+    # -- checkpoints: plain tensors and numbers only, loaded with weights_only=True
+    def state_dict(self) -> Dict:
+        state = {"step": self.step_count, "G": self.G.state_dict(), "D": self.D.state_dict(),
+                 "g_opt": self.g_opt.state_dict(), "d_opt": self.d_opt.state_dict(),
+                 "rng": [g.get_state() for g in self.data_gens + self.noise_gens],
+                 "history": [(step, [dataclasses.asdict(s) for s in stats]) for step, stats in self.history],
+                 "seeds": self.seeds, "config": dataclasses.asdict(self.cfg)}
+        if self.lbt is not None:
+            state["lbt"] = self.lbt.state_dict()
+        return state
+
+    def load_state_dict(self, state: Dict) -> None:
+        if state["seeds"] != self.seeds or state["config"] != dataclasses.asdict(self.cfg):
+            raise ValueError("the checkpoint was written with other seeds or another Config; use another --runs")
+        self.G.load_state_dict(state["G"]), self.D.load_state_dict(state["D"])
+        self.g_opt.load_state_dict(state["g_opt"]), self.d_opt.load_state_dict(state["d_opt"])
+        for g, s in zip(self.data_gens + self.noise_gens, state["rng"]):
+            g.set_state(s)
+        if self.lbt is not None:
+            self.lbt.load_state_dict(state["lbt"])
+        self.step_count = int(state["step"])
+        self.history = [(step, [ModeStats(**s) for s in stats]) for step, stats in state["history"]]
+
+
+def _save(path: Path, state: Dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        torch.save(state, f)
+    os.replace(tmp, path)
+
+
+def train(method: str, dataset: str, seeds: Sequence[int], cfg: Config, runs: Optional[Path],
+          threads: int = 1, progress: bool = True) -> Dict:
+    """Train (or continue) one run; returns its history, final samples and seconds spent training."""
+    torch.set_num_threads(threads)
+    run = Run(method, dataset, seeds, cfg)
+    path = runs / f"{dataset}_{method}.pt" if runs else None
+    seconds = 0.0
+    if path is not None and path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        run.load_state_dict(state)
+        seconds = float(state.get("seconds", 0.0))
+    bar = tqdm(total=cfg.steps, initial=run.step_count, desc=f"{dataset} {NAMES[method]}", leave=False,
                disable=not progress)
-    history = []
-    for step in bar:
-        real = mixture.sample(cfg.batch, data_gen)
-        fake = G(torch.randn(cfg.batch, cfg.latent))
-        if use_d:  # one discriminator step
-            d_opt.zero_grad()
-            d_loss = bce(D(real), ones) + bce(D(fake.detach()), zeros)
-            d_loss.backward()
-            d_opt.step()
-        g_opt.zero_grad()
-        if method == "gan":
-            g_loss = bce(D(fake), ones)
-        elif method == "unrolled-gan":
-            D_K = unroll(lambda d: bce(d(real), ones) + bce(d(fake), zeros))
-            g_loss = bce(D_K(fake), ones)
-        elif method == "lbt":
-            g_loss = lbt(fake, real)
-        else:
-            g_loss = cfg.lambda_gan * bce(D(fake), ones) + lbt(fake, real)
-        g_loss.backward()
-        nn.utils.clip_grad_norm_(G.parameters(), cfg.clip)
-        g_opt.step()
-        if eval_every and (step + 1) % eval_every == 0:
-            stats, _ = evaluate(G, mixture, cfg, seed)
-            history.append((step + 1, stats))
-            bar.set_postfix(modes=stats.modes, hq=f"{stats.high_quality:.2f}")
-    stats, samples = evaluate(G, mixture, cfg, seed)
-    return stats, samples, history
+    while run.step_count < cfg.steps:
+        t0 = time.perf_counter()
+        for _ in range(min(cfg.eval_every, cfg.steps - run.step_count)):
+            run.step()
+        seconds += time.perf_counter() - t0
+        stats = run.evaluate()
+        run.history.append((run.step_count, stats))
+        bar.update(run.step_count - bar.n)
+        bar.set_postfix(modes=f"{sum(s.modes for s in stats) / len(stats):.1f}",
+                        hq=f"{sum(s.high_quality for s in stats) / len(stats):.2f}")
+        if path is not None:
+            _save(path, {**run.state_dict(), "seconds": seconds})
+    bar.close()
+    return {"history": run.history, "samples": run.samples(), "seconds": seconds}
 
 
-def mixture_name(m: Mixture) -> str:
-    return "ring" if m.n_modes == 8 else "grid"
-
-
-def mean_se(xs: List[float]) -> str:
+# ----------------------------------------------------------------------------------------------- reporting
+def mean_se(xs: Sequence[float], digits: int = 2) -> str:
     m = sum(xs) / len(xs)
     if len(xs) < 2:
-        return f"{m:.2f}"
+        return f"{m:.{digits}f}"
     se = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
-    return f"{m:.2f} ± {se:.2f}"
+    return f"{m:.{digits}f} ± {se:.{digits}f}"
 
 
-def table(results: Dict[str, Dict[str, List[ModeStats]]], n_seeds: int) -> str:
-    lines = ["| dataset | method | modes | high-quality % | KL(modes ‖ uniform) | all modes, every seed |",
-             "|---|---|---|---|---|---|"]
-    for ds, by_method in results.items():
+def table(results: Dict[Tuple[str, str], Dict], methods: Sequence[str], datasets: Sequence[str]) -> str:
+    lines = ["| dataset | method | modes | high-quality % | KL(modes ‖ uniform) | all modes, every seed | "
+             "per seed: modes / HQ % | minutes |", "|---|---|---|---|---|---|---|---|"]
+    for ds in datasets:
         n_modes = DATASETS[ds]().n_modes
-        for method, stats in by_method.items():
+        for method in methods:
+            res = results[(ds, method)]
+            final = res["history"][-1][1]
+            per_seed = ", ".join(f"{s.modes}/{100 * s.high_quality:.0f}" for s in final)
             lines.append(
-                f"| {ds} ({n_modes}) | {NAMES[method]} | {mean_se([s.modes for s in stats])} | "
-                f"{mean_se([100 * s.high_quality for s in stats])} | {mean_se([s.kl for s in stats])} | "
-                f"{'yes' if all(s.modes == n_modes for s in stats) else 'no'} |")
+                f"| {ds} ({n_modes}) | {NAMES[method]} | {mean_se([s.modes for s in final])} | "
+                f"{mean_se([100 * s.high_quality for s in final], 1)} | {mean_se([s.kl for s in final])} | "
+                f"{'yes' if all(s.modes == n_modes for s in final) else 'no'} | {per_seed} | "
+                f"{res['seconds'] / 60:.1f} |")
     return "\n".join(lines)
 
 
-def plot(samples: Dict[str, torch.Tensor], mixture: Mixture, path: Path) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_curves(results: Dict[Tuple[str, str], Dict], methods: Sequence[str], dataset: str, path: Path) -> None:
+    """Modes, high-quality share and KL against generator updates: mean over seeds, band of ± one s.e."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for method in methods:
+        history = results[(dataset, method)]["history"]
+        steps = [step for step, _ in history]
+        for ax, metric in zip(axes, ("modes", "high_quality", "kl")):
+            values = torch.tensor([[float(getattr(s, metric)) for s in stats] for _, stats in history])
+            values = values.clamp(max=10.0) if metric == "kl" else values  # inf (no high-quality sample) drawn at 10
+            mean = values.mean(1)
+            se = values.std(1) / math.sqrt(values.shape[1]) if values.shape[1] > 1 else torch.zeros_like(mean)
+            ax.plot(steps, mean, label=NAMES[method])
+            ax.fill_between(steps, mean - se, mean + se, alpha=0.2)
+    for ax, title in zip(axes, ("modes captured", "high-quality share", "KL(modes ‖ uniform)")):
+        ax.set_title(f"{dataset}: {title}"), ax.set_xlabel("generator updates")
+    axes[2].set_yscale("symlog", linthresh=0.01)
+    axes[0].legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_samples(samples: Dict[str, Tensor], mixture: Mixture, dataset: str, path: Path) -> None:
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(samples), figsize=(3.2 * len(samples), 3.3), squeeze=False)
     lim = float(mixture.centers.abs().max()) * 1.4 + 0.2
     for ax, (method, s) in zip(axes[0], samples.items()):
@@ -186,6 +376,7 @@ def plot(samples: Dict[str, torch.Tensor], mixture: Mixture, path: Path) -> None
         ax.scatter(mixture.centers[:, 0], mixture.centers[:, 1], s=25, marker="x", color="tab:red")
         ax.set_xlim(-lim, lim), ax.set_ylim(-lim, lim), ax.set_aspect("equal"), ax.set_title(NAMES[method])
         ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle(f"{dataset}, first seed")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -199,10 +390,6 @@ def write_results(md_path: Path, body: str, name: str = "2d-table") -> None:
         text += f"\n{start}\n{end}\n"
     text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{body}\n{end}", text, flags=re.S)
     md_path.write_text(text)
-
-
-def _worker_init(threads: int) -> None:
-    torch.set_num_threads(threads)
 
 
 class _Inline:
@@ -220,61 +407,79 @@ class _Inline:
         return future
 
 
-def main() -> None:
+def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, Config]:
     cfg = Config()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--steps", type=int, default=cfg.steps, help="generator updates per run")
-    p.add_argument("--estimator", choices=["mixture", "vae"], default=cfg.estimator)
-    p.add_argument("--est-optimizer", choices=["sgd", "adam"], default=cfg.est_optimizer,
-                   help="the estimator's optimizer (default: sgd; adam is the ablation in docs/results.md)")
-    p.add_argument("--out", type=Path, default=Path("docs/img"), help="folder for the scatter plots")
+    p.add_argument("--eval-every", type=int, default=cfg.eval_every)
+    p.add_argument("--quick", action="store_true", help="2 seeds, 2000 updates: a minutes-long look")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="override Config fields, e.g. --set est_std_final=0.02 gan_weight=0.5 (an ablation)")
+    p.add_argument("--runs", type=Path, default=Path("runs/mode_collapse_2d"),
+                   help="checkpoints of every run; an interrupted benchmark continues from them")
+    p.add_argument("--out", type=Path, default=Path("docs/img"), help="folder for the plots")
     p.add_argument("--results", type=Path, default=Path("docs/results.md"),
-                   help="markdown file whose 2d-table markers receive the table ('-' to skip)")
-    p.add_argument("--table", default="2d-table",
-                   help="name of the markers in --results that receive the table (default: 2d-table)")
+                   help="markdown file whose markers receive the table ('-' to skip)")
+    p.add_argument("--table", default="2d-table", help="name of the markers in --results (default: 2d-table)")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one process each (default: 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default: 1)")
-    args = p.parse_args()
-    if args.seeds < 1 or args.steps < 1 or args.jobs < 1 or args.threads < 1:
-        p.error("--seeds, --steps, --jobs and --threads must be >= 1")
-    if args.estimator == "vae" and args.est_optimizer == "sgd":
-        p.error("--estimator vae needs --est-optimizer adam (the SGD step is set in units of the mixture's variance)")
-    torch.set_num_threads(args.threads)
-    cfg.steps, cfg.estimator, cfg.est_optimizer = args.steps, args.estimator, args.est_optimizer
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seeds, args.steps, args.eval_every = 2, 2000, 500
+    if min(args.seeds, args.steps, args.jobs, args.threads, args.eval_every) < 1:
+        p.error("--seeds, --steps, --eval-every, --jobs and --threads must be >= 1")
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in fields or not value:
+            p.error(f"--set takes FIELD=VALUE with FIELD one of {sorted(fields)}, got {item!r}")
+        try:
+            parsed = type(getattr(cfg, name))(float(value)) if name != "betas" else tuple(map(float, value.split(",")))
+        except ValueError:
+            p.error(f"--set {item}: not a number")
+        setattr(cfg, name, parsed)
+    cfg.steps, cfg.eval_every = args.steps, min(args.eval_every, args.steps)
+    return args, cfg
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args, cfg = parse_args(argv)
     t0 = time.time()
-    tasks = [(ds, method, seed) for ds in args.datasets for method in args.methods for seed in range(args.seeds)]
-    results: Dict[str, Dict[str, List[ModeStats]]] = {ds: {m: [] for m in args.methods} for ds in args.datasets}
-    shown: Dict[str, Dict[str, torch.Tensor]] = {ds: {} for ds in args.datasets}
-    with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                             initargs=(args.threads,)) if args.jobs > 1 else _Inline() as pool:
-        futures = {pool.submit(train, method, DATASETS[ds](), seed, cfg, args.jobs == 1): (ds, method, seed)
-                   for ds, method, seed in tasks}
+    seeds = list(range(args.seeds))
+    tasks = [(ds, m) for m in args.methods for ds in args.datasets]
+    results: Dict[Tuple[str, str], Dict] = {}
+    pool = (ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) if args.jobs > 1 else _Inline())
+    with pool:
+        futures = {pool.submit(train, m, ds, seeds, cfg, args.runs, args.threads, args.jobs == 1): (ds, m)
+                   for ds, m in tasks}
         for future in tqdm(as_completed(futures), total=len(futures), desc="runs", disable=args.jobs == 1):
-            ds, method, seed = futures[future]
-            stats, samples, _ = future.result()
-            results[ds][method].append(stats)
-            if seed == 0:
-                shown[ds][method] = samples
-            tqdm.write(f"{ds:4s} {NAMES[method]:12s} seed {seed}: modes {stats.modes:2d}/{DATASETS[ds]().n_modes}, "
-                       f"high quality {100 * stats.high_quality:5.1f}%, KL {stats.kl:.3f}")
+            ds, m = futures[future]
+            results[(ds, m)] = res = future.result()
+            final = res["history"][-1][1]
+            tqdm.write(f"{ds:4s} {NAMES[m]:12s}: modes {[s.modes for s in final]}, high quality "
+                       f"{[round(100 * s.high_quality, 1) for s in final]}%, {res['seconds'] / 60:.1f} min")
     for ds in args.datasets:
-        plot({m: shown[ds][m] for m in args.methods}, DATASETS[ds](), args.out / f"mode_collapse_{ds}.png")
+        plot_curves(results, args.methods, ds, args.out / f"mode_collapse_{ds}_curves.png")
+        plot_samples({m: results[(ds, m)]["samples"][0] for m in args.methods}, DATASETS[ds](), ds,
+                     args.out / f"mode_collapse_{ds}.png")
     minutes = (time.time() - t0) / 60
-    body = table(results, args.seeds)
-    cmd = (f"python examples/mode_collapse_2d.py --seeds {args.seeds} --steps {args.steps} "
-           f"--estimator {args.estimator} --est-optimizer {args.est_optimizer}")
+    body = table(results, args.methods, args.datasets)
+    cmd = f"python examples/mode_collapse_2d.py --seeds {args.seeds} --steps {args.steps}"
     if args.methods != list(METHODS):
         cmd += " --methods " + " ".join(args.methods)
     if args.datasets != list(DATASETS):
         cmd += " --datasets " + " ".join(args.datasets)
+    if args.set:
+        cmd += " --set " + " ".join(args.set)
     if args.table != "2d-table":
-        cmd += f" --table {args.table} --out {args.out}"
-    footer = (f"\n\n{args.seeds} seeds, {cfg.steps} generator updates per run, {cfg.eval_samples} samples per "
-              f"evaluation; {minutes:.1f} min wall clock, {args.jobs} run(s) at a time with {args.threads} CPU "
-              f"thread(s) each. Command: `{cmd}`")
+        cmd += f" --table {args.table} --out {args.out} --runs {args.runs}"
+    footer = (f"\n\n{args.seeds} seeds (per seed: modes / high-quality %), {cfg.steps} generator updates per run, "
+              f"{cfg.eval_samples} samples per evaluation; minutes: training time of the run (all seeds batched, "
+              f"{args.threads} CPU thread). {minutes:.1f} min wall clock for this command, {args.jobs} run(s) at a "
+              f"time. Command: `{cmd}`")
     print("\n" + body + footer)
     if str(args.results) != "-":
         write_results(args.results, body + footer, args.table)

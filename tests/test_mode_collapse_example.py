@@ -1,52 +1,94 @@
-"""The 2-D benchmark script, reduced to seconds: it runs every method and writes its table and plots."""
+"""The 2-D benchmark: a batched seed is the seed run alone, runs resume exactly, and the script writes its table."""
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+import mode_collapse_2d as mc  # noqa: E402
+
+TINY = dict(steps=6, batch=16, g_hidden=8, g_layers=2, d_units=4, d_pieces=2, d_layers=2, components=5,
+            teach_steps=2, k=2, eval_every=2, eval_samples=50)
+
+
+@pytest.fixture
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+@pytest.mark.parametrize("method", mc.METHODS)
+def test_a_batched_seed_equals_the_seed_run_alone(method, float64):
+    """Parameters with a leading seed dimension and losses summed over seeds: seed 1 of three is seed 1 alone."""
+    cfg = mc.Config(**TINY, lr_final=1e-4, est_std_final=0.05)  # the schedules too
+    batched, alone = mc.Run(method, "grid", [0, 1, 2], cfg), mc.Run(method, "grid", [1], cfg)
+    for _ in range(5):
+        batched.step()
+        alone.step()
+    for (name, a), b in zip(batched.G.named_parameters(), alone.G.parameters()):
+        torch.testing.assert_close(a[1:2], b, rtol=1e-9, atol=1e-12, msg=name)
+    if batched.lbt is not None:
+        torch.testing.assert_close(batched.est.loc[1:2], alone.est.loc, rtol=1e-9, atol=1e-12)
+    assert not torch.equal(batched.G[0].weight[0], batched.G[0].weight[1])  # the seeds do differ
+
+
+def test_an_interrupted_run_continues_exactly(tmp_path, monkeypatch):
+    cfg = mc.Config(**TINY)
+    whole = mc.train("lbt-gan", "ring", [0, 1], cfg, None, progress=False)
+    calls = {"n": 0}
+    step = mc.Run.step
+
+    def dies_at_step_4(self):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        step(self)
+
+    monkeypatch.setattr(mc.Run, "step", dies_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        mc.train("lbt-gan", "ring", [0, 1], cfg, tmp_path, progress=False)
+    monkeypatch.setattr(mc.Run, "step", step)
+    resumed = mc.train("lbt-gan", "ring", [0, 1], cfg, tmp_path, progress=False)
+    assert [s for s, _ in resumed["history"]] == [2, 4, 6]
+    assert torch.equal(whole["samples"], resumed["samples"])
+    assert [[x.modes for x in stats] for _, stats in whole["history"]] == \
+        [[x.modes for x in stats] for _, stats in resumed["history"]]
+    with pytest.raises(ValueError, match="other seeds or another Config"):
+        mc.train("lbt-gan", "ring", [0, 1], mc.Config(**{**TINY, "lr": 0.5}), tmp_path, progress=False)
 
 
 def test_benchmark_script_end_to_end(tmp_path):
     results = tmp_path / "results.md"
     results.write_text("# Results\n\nbefore\n<!-- 2d-table:start -->\nold\n<!-- 2d-table:end -->\nafter\n")
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "mode_collapse_2d.py"), "--steps", "3", "--seeds", "2",
-         "--out", str(tmp_path / "img"), "--results", str(results), "--jobs", "2"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )
+    cmd = [sys.executable, str(ROOT / "examples" / "mode_collapse_2d.py"), "--steps", "4", "--eval-every", "2",
+           "--seeds", "2", "--out", str(tmp_path / "img"), "--results", str(results), "--runs", str(tmp_path / "runs"),
+           "--jobs", "2", "--set", "g_hidden=8", "d_units=4", "components=5", "teach_steps=2", "eval_samples=100"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     text = results.read_text()
     assert "before" in text and "after" in text and "old" not in text
     rows = [line for line in text.splitlines() if line.startswith("| ring") or line.startswith("| grid")]
     assert len(rows) == 8  # 4 methods x 2 datasets
     assert all(" ± " in row for row in rows)  # mean and spread over 2 seeds
-    assert (tmp_path / "img" / "mode_collapse_ring.png").stat().st_size > 1000
-    assert (tmp_path / "img" / "mode_collapse_grid.png").stat().st_size > 1000
-
-
-def test_benchmark_script_named_table_and_subset(tmp_path):
-    """An ablation writes its own markers and leaves the main table alone; its command line says how to rerun it."""
-    results = tmp_path / "results.md"
-    results.write_text("<!-- 2d-table:start -->\nmain\n<!-- 2d-table:end -->\n")
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "mode_collapse_2d.py"), "--steps", "2", "--seeds", "1",
-         "--methods", "lbt", "--datasets", "grid", "--est-optimizer", "adam", "--table", "ablation",
-         "--out", str(tmp_path / "img"), "--results", str(results), "--jobs", "1"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )
-    assert out.returncode == 0, out.stderr
-    text = results.read_text()
-    assert "main" in text and "<!-- ablation:start -->" in text
-    rows = [line for line in text.splitlines() if line.startswith("| ring") or line.startswith("| grid")]
-    assert rows == [row for row in rows if row.startswith("| grid (25) | LBT |")] and len(rows) == 1
-    assert "--est-optimizer adam --methods lbt --datasets grid --table ablation" in text
+    assert "--set g_hidden=8 d_units=4" in text
+    for name in ("mode_collapse_ring.png", "mode_collapse_grid.png", "mode_collapse_grid_curves.png"):
+        assert (tmp_path / "img" / name).stat().st_size > 1000
+    assert len(list((tmp_path / "runs").glob("*.pt"))) == 8
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)  # finished runs are reused
+    assert again.returncode == 0, again.stderr
+    assert results.read_text().split("minutes: training")[0] == text.split("minutes: training")[0]
 
 
 def test_benchmark_script_rejects_bad_arguments():
     script = str(ROOT / "examples" / "mode_collapse_2d.py")
-    out = subprocess.run([sys.executable, script, "--seeds", "0"],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    out = subprocess.run([sys.executable, script, "--seeds", "0"], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT)
     assert out.returncode == 2 and "must be >= 1" in out.stderr
-    out = subprocess.run([sys.executable, script, "--estimator", "vae"],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert out.returncode == 2 and "--est-optimizer adam" in out.stderr
+    out = subprocess.run([sys.executable, script, "--set", "nonsense=1"], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert out.returncode == 2 and "FIELD one of" in out.stderr
