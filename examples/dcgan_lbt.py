@@ -220,7 +220,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lbt-only", action="store_true", help="pure LBT: no discriminator")
     p.add_argument("--k", type=int, default=5, help="unrolled estimator steps")
     p.add_argument("--teach-steps", type=int, default=1, help="ordinary estimator steps per generator step")
-    p.add_argument("--backend", choices=["higher", "func"], default="higher")
+    p.add_argument("--backend", choices=["func", "higher"], default="func")
     p.add_argument("--est-lr", type=float, default=3e-4)
     p.add_argument("--est-latent", type=int, default=64, help="ConvVAE latent size")
     p.add_argument("--est-width", type=int, default=32, help="ConvVAE base channels")

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["Mixture", "ring", "grid", "ModeStats", "mode_stats", "fid", "save_images",
-           "DigitClassifier", "train_digit_classifier", "StackedModeStats", "stacked_mode_stats"]
+           "DigitClassifier", "train_digit_classifier", "classifier_features", "StackedModeStats",
+           "stacked_mode_stats"]
 
 
 @dataclass(frozen=True)
@@ -332,6 +333,26 @@ def _load_classifier(path) -> Tuple[nn.Module, float]:
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"the classifier cache {path} does not fit DigitClassifier: {exc}") from None
     return model.eval(), accuracy
+
+
+@torch.no_grad()
+def classifier_features(samples: Tensor, classifier: "DigitClassifier", batch_size: int = 500) -> Tensor:
+    """The classifier's penultimate features (after its last hidden ReLU) of every channel of ``samples
+    [N, C, H, W]``, concatenated per sample: ``[N, C * 128]``. A feature space for a Fréchet distance between
+    generated and real stacked digits where Inception weights are not at hand."""
+    if not isinstance(samples, Tensor) or samples.dim() != 4:
+        raise ValueError(f"samples must have shape [N, C, H, W], got {tuple(getattr(samples, 'shape', ()))}")
+    body = classifier.net[:-1]
+    device = next(classifier.parameters()).device
+    out = []
+    for i in range(0, len(samples), batch_size):
+        x = samples[i: i + batch_size].to(device)
+        b, c = x.shape[:2]
+        x = x.reshape(b * c, 1, *x.shape[2:])
+        if x.shape[-1] != 28:
+            x = nn.functional.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)
+        out.append(body(x).reshape(b, -1).cpu())
+    return torch.cat(out)
 
 
 @dataclass(frozen=True)

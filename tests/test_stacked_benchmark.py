@@ -1,0 +1,75 @@
+"""benchmarks/stacked_fashion.py in a seconds-long form: every method runs, evaluates, resumes and writes its table."""
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import stacked_fashion as sf  # noqa: E402
+
+from lbt_plugin.metrics import DigitClassifier, classifier_features  # noqa: E402
+
+
+def test_networks_follow_the_reduced_discriminator_protocol():
+    G, D = sf.Generator(256), sf.Discriminator(sf.D_WIDTHS["quarter"])
+    x = G(torch.randn(4, 256))
+    assert x.shape == (4, 3, 28, 28) and x.abs().max() <= 1
+    assert D(x).shape == (4,)
+    convs = [m for m in D.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [2, 4, 8]  # a quarter of the generator's 8, 16, 32
+
+
+def test_classifier_features_are_the_penultimate_layer_per_channel():
+    clf = DigitClassifier().eval()
+    x = torch.rand(5, 3, 28, 28) * 2 - 1
+    f = classifier_features(x, clf)
+    assert f.shape == (5, 3 * 128)
+    with torch.no_grad():
+        one = clf.net[:-1](x[:, 1:2])
+    torch.testing.assert_close(f[:, 128:256], one)
+
+
+def test_benchmark_end_to_end_and_resume(digits, tmp_path):
+    results = tmp_path / "results.md"
+    results.write_text("<!-- stacked-table:start -->\nold\n<!-- stacked-table:end -->\n")
+    argv = ["--steps", "2", "--eval-every", "1", "--eval-samples", "40", "--seeds", "1", "--data-root", str(digits),
+            "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "img"), "--results", str(results)]
+    sf.main(argv)
+    text = results.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "method" not in line
+            and not line.startswith("|---")]
+    assert [r.split(" | ")[0] for r in rows] == ["| DCGAN", "| Unrolled GAN", "| LBT-GAN", "| LBT-GAN (tuned)"]
+    assert "1 seeds, 2 generator updates" in text
+    for name in ("stacked_curves.png", "stacked_histogram.png", "stacked_dcgan.png", "stacked_lbt_gan.png"):
+        assert (tmp_path / "img" / name).stat().st_size > 500
+    state = torch.load(tmp_path / "runs" / "lbt-gan_seed0.pt", weights_only=True)
+    assert state["step"] == 2 and [h["step"] for h in state["history"]] == [1, 2]
+
+
+def test_an_interrupted_run_continues_exactly(digits, tmp_path, monkeypatch):
+    clf_path = tmp_path / "clf.pt"
+    images = torch.rand(64, 28, 28).mul(255).to(torch.uint8)
+    from lbt_plugin.metrics import train_digit_classifier
+
+    train_digit_classifier(images, torch.arange(64) % 10, epochs=1, cache=str(clf_path), progress=False)
+    cfg = sf.Config(steps=4, eval_every=2, eval_samples=40)
+    whole = sf.train("lbt-gan-tuned", 0, cfg, tmp_path / "a", digits, clf_path)
+    step, calls = sf.Run.step, {"n": 0}
+
+    def dies_at_step_3(self, data):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        step(self, data)
+
+    monkeypatch.setattr(sf.Run, "step", dies_at_step_3)
+    try:
+        sf.train("lbt-gan-tuned", 0, cfg, tmp_path / "b", digits, clf_path)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(sf.Run, "step", step)
+    resumed = sf.train("lbt-gan-tuned", 0, cfg, tmp_path / "b", digits, clf_path)
+    assert [h["step"] for h in resumed["history"]] == [2, 4]
+    assert torch.equal(whole["grid"], resumed["grid"])
+    assert whole["history"][-1]["counts"] == resumed["history"][-1]["counts"]
