@@ -57,11 +57,12 @@ class Config:
     latent: int = 2  # PacGAN: z ~ N(0, I_2)
     g_hidden: int = 128  # PacGAN: 400
     g_layers: int = 4  # PacGAN: 4 x (linear, batch norm, ReLU)
-    d_units: int = 128  # PacGAN: 200 maxout units of 5 pieces, 3 layers
+    d_units: int = 64  # PacGAN: 200 maxout units of 5 pieces, 3 layers
     d_pieces: int = 5
     d_layers: int = 3
-    lr: float = 1e-3  # PacGAN: 1e-4 for both networks, 400k updates
-    lr_final: float = 1e-3  # the learning rate decays linearly to this over the run (equal: constant)
+    lr: float = 1e-3  # the generator's (the LBT authors' toy setting); PacGAN: 1e-4 for both, 400k updates
+    d_lr: float = 1e-4  # the discriminator's (the LBT authors' toy setting)
+    lr_final: float = 0.0  # G's learning rate decays linearly to this over the run, D's in proportion
     betas: Tuple[float, float] = (0.8, 0.999)  # PacGAN
     init_std: float = 0.02  # PacGAN: weights ~ N(0, 0.02^2), biases 0
     k: int = 5  # unrolled steps: Unrolled GAN's discriminator, LBT's estimator
@@ -71,7 +72,7 @@ class Config:
     est_std_final: float = 0.125  # annealed geometrically to this over the run (equal: no annealing)
     est_lr: float = 4.0  # SGD step of the estimator, in units of its variance
     lbt_weight: float = 1.0  # LBTLoss weight (nats per dimension, the package's default scale)
-    gan_weight: float = 1.0  # LBT-GAN: gan_weight * GAN loss + LBT loss
+    gan_weight: float = 0.05  # LBT-GAN: gan_weight * GAN loss + LBT loss (the authors' lambda 0.1 on the summed term)
     eval_every: int = 1000
     eval_samples: int = 2500  # VEEGAN / PacGAN
 
@@ -174,7 +175,7 @@ class Run:
         self.data_gens, self.noise_gens = seed_generators(seeds, 1), seed_generators(seeds, 2)
         self.G, self.D = generator(cfg, init), discriminator(cfg, init)
         self.g_opt = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=cfg.betas)
-        self.d_opt = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=cfg.betas)
+        self.d_opt = torch.optim.Adam(self.D.parameters(), lr=cfg.d_lr, betas=cfg.betas)
         self.bce = nn.BCEWithLogitsLoss(reduction="none")
         self.lbt: Optional[LBTLoss] = None
         if method in ("lbt", "lbt-gan"):
@@ -205,9 +206,10 @@ class Run:
 
     def step(self) -> None:
         cfg, S = self.cfg, len(self.seeds)
-        lr = cfg.lr + (cfg.lr_final - cfg.lr) * self.step_count / max(cfg.steps - 1, 1)
-        for group in self.g_opt.param_groups + self.d_opt.param_groups:
-            group["lr"] = lr
+        scale = 1 + (cfg.lr_final / cfg.lr - 1) * self.step_count / max(cfg.steps - 1, 1)
+        for opt, lr in ((self.g_opt, cfg.lr), (self.d_opt, cfg.d_lr)):
+            for group in opt.param_groups:
+                group["lr"] = lr * scale
         real = torch.stack([self.mixture.sample(cfg.batch, g) for g in self.data_gens])  # [S, B, 2]
         z = torch.stack([torch.randn(cfg.batch, cfg.latent, generator=g) for g in self.noise_gens])
         fake = self.G(z)

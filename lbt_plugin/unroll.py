@@ -20,6 +20,7 @@ Example: an unrolled discriminator (Metz et al., 2017)::
 from __future__ import annotations
 
 import inspect
+import types
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import torch
@@ -195,6 +196,9 @@ class Unroller:
 
 def _takes_step_index(fn: Callable[..., Tensor]) -> bool:
     """Whether ``fn`` accepts a second positional argument (the step index ``t``)."""
+    if isinstance(fn, types.FunctionType) and not hasattr(fn, "__wrapped__"):  # a function or lambda: its code
+        code = fn.__code__
+        return code.co_argcount >= 2 or bool(code.co_flags & inspect.CO_VARARGS)
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):

@@ -126,3 +126,21 @@ def test_non_finite_inner_loss_names_the_step(backend):
     opt = torch.optim.SGD(m.parameters(), lr=100.0)  # diverges
     with pytest.raises(FloatingPointError, match=r"at unrolled step \d+ of 30"):
         Unroller(m, opt, 30, backend=backend)(lambda v: -v.log_prob(x).mean())
+
+
+def test_the_step_index_is_passed_to_loss_functions_that_take_it():
+    from functools import partial
+
+    from lbt_plugin.unroll import _takes_step_index
+
+    class Loss:
+        def one(self, view):
+            return view
+
+        def two(self, view, t):
+            return view
+
+    assert not _takes_step_index(lambda v: 0) and _takes_step_index(lambda v, t: 0)
+    assert _takes_step_index(lambda *a: 0)
+    assert not _takes_step_index(Loss().one) and _takes_step_index(Loss().two)
+    assert _takes_step_index(partial(lambda a, v, t: 0, 1)) and not _takes_step_index(partial(lambda a, v: 0, 1))
