@@ -139,7 +139,7 @@ def load_checkpoint(path: Path) -> Dict:
     except Exception as exc:
         raise ValueError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); it is truncated or not a "
                          "checkpoint of dcgan_lbt.py. Earlier checkpoints are untouched.") from None
-    missing = {"step", "netG", "netD", "optG", "optD", "rng", "args", "generator_kwargs"} - set(
+    missing = {"step", "netG", "netD", "optG", "optD", "rng", "args", "generator_kwargs", "fixed_noise"} - set(
         state if isinstance(state, dict) else ())
     if missing:
         raise ValueError(f"checkpoint {path} lacks {sorted(missing)}: not a checkpoint of dcgan_lbt.py")
@@ -147,6 +147,8 @@ def load_checkpoint(path: Path) -> Dict:
         raise ValueError(f"checkpoint {path}: step must be an integer >= 0, got {state['step']!r}")
     if not isinstance(state["args"], dict):
         raise ValueError(f"checkpoint {path}: args must be a dict of the flags it was written with")
+    if not isinstance(state["fixed_noise"], torch.Tensor) or state["fixed_noise"].dim() != 4:
+        raise ValueError(f"checkpoint {path}: fixed_noise must be a tensor [64, nz, 1, 1]")
     _generator_kwargs(state)
     return state
 
@@ -173,11 +175,12 @@ def _generator_kwargs(state: Dict) -> Dict[str, int]:
 def load_generator(state: Dict) -> Generator:
     """This script's generator from one of its checkpoints (``lbt-plugin fid CKPT ... --generator
     examples/dcgan_lbt.py:load_generator``). The checkpoint gives numbers and tensors; the code is this file's."""
-    if not isinstance(state, dict) or "netG" not in state:
+    if not isinstance(state, dict) or not isinstance(state.get("netG"), dict):
         raise ValueError("not a checkpoint of dcgan_lbt.py: it has no netG")
-    G = Generator(**_generator_kwargs(state))
+    with torch.device("meta"):  # shapes only: the checkpoint's numbers cannot make us allocate anything
+        G = Generator(**_generator_kwargs(state))
     try:
-        G.load_state_dict(state["netG"])
+        G.load_state_dict(state["netG"], assign=True)  # the checkpoint's own tensors, shapes checked
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"the checkpoint's netG does not fit its generator_kwargs: {exc}") from None
     return G

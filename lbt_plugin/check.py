@@ -26,8 +26,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 from torch import Tensor, nn
 
-from ._impl.backends import patch
-from .loss import LBTLoss, _first_layer_input
+from ._impl.latent import as_shape
+from ._impl.latent import latent_shape as latent_shape_of
+from .loss import LBTLoss
 from .unroll import Unroller
 
 __all__ = ["Result", "run_checks", "forward_exactness", "hypergradient_error", "backend_agreement"]
@@ -206,12 +207,11 @@ def run_checks(
         return [Result("build models", "", None, None, "FAIL", f"{type(exc).__name__}: {exc}")]
     data = torch.randn(batch_size, *data_shape, device=dev)
     if latent_shape is None:
-        latent_shape = (getattr(generator, "latent_shape", None) or getattr(generator, "latent_dim", None)
-                        or _first_layer_input(generator))
+        latent_shape, _, _ = latent_shape_of(generator)
         if latent_shape is None:
             return [Result("latent shape", "", None, None, "FAIL",
                            "give --latent-shape, or a latent_dim / latent_shape attribute on the generator")]
-    latent_shape = (latent_shape,) if isinstance(latent_shape, int) else tuple(latent_shape)
+    latent_shape = as_shape(latent_shape)
     z = torch.randn(batch_size, *latent_shape, device=dev)
 
     # Contract: everything LBTLoss validates, surfaced with its own message.
@@ -235,7 +235,7 @@ def run_checks(
 
     if "higher" in backends:
         try:
-            patch(estimator)
+            Unroller(estimator, torch.optim.SGD(estimator.parameters(), lr=0.0), 1, backend="higher")
         except TypeError as exc:
             rows.append(Result("higher can patch the estimator", "", None, None, "WARN", str(exc).split(":")[0]
                                + "; checked on the other backend(s)"))

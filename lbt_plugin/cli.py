@@ -149,6 +149,7 @@ def profile(estimator_spec, generator_spec, optimizer_spec, data_shape, latent_s
     """
     import torch
 
+    from ._impl.latent import latent_shape as latent_shape_of
     from .profile import format_profile, profile_steps
 
     if checkpoint and backend != "func":
@@ -158,10 +159,9 @@ def profile(estimator_spec, generator_spec, optimizer_spec, data_shape, latent_s
         generator = generator_factory()
     except Exception as exc:
         raise click.ClickException(f"building the generator failed: {type(exc).__name__}: {exc}") from None
-    lat = _shape(latent_shape) or getattr(generator, "latent_shape", None) or getattr(generator, "latent_dim", None)
+    lat = _shape(latent_shape) or latent_shape_of(generator)[0]
     if lat is None:
         raise click.UsageError("give --latent-shape, or a latent_dim / latent_shape attribute on the generator")
-    lat = (lat,) if isinstance(lat, int) else tuple(lat)
     torch.manual_seed(seed)
     dev = torch.device(device)
     generator = generator.to(dev)
@@ -207,6 +207,8 @@ def fid(source_a, source_b, weights, num_samples, data_root, dims, batch_size, d
     from .metrics import fid as fid_value
 
     loader = load_object(generator_spec) if generator_spec else None
+    if loader is not None and not callable(loader):
+        raise click.BadParameter(f"{generator_spec} is a {type(loader).__name__}, not a function (state -> generator)")
     try:
         value = fid_value(source_a, source_b, weights=weights, dims=int(dims), batch_size=batch_size, device=device,
                           num_samples=num_samples, data_root=data_root, generator_loader=loader)

@@ -33,16 +33,19 @@ paper's estimator updates).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import numbers
 import warnings
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from ._impl import dist as _dist
+from ._impl import rules
+from ._impl.latent import as_shape, latent_shape
 from .unroll import Unroller, UnrolledModule
 
 __all__ = ["LBTLoss"]
@@ -152,6 +155,8 @@ class LBTLoss:
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                        or batch_size < 1):
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if latent is not None and not callable(latent):
+            latent = as_shape(latent)
         if optimizer is None:
             optimizer = torch.optim.Adam(estimator.parameters(), lr=lr, betas=(0.5, 0.999))
         # Validates k, backend, truncate, checkpoint and that the optimizer can be unrolled, before anything else.
@@ -236,6 +241,9 @@ class LBTLoss:
             )
         if data.shape[0] == 0 or data[0].numel() == 0:
             raise ValueError(f"data is empty (shape {tuple(data.shape)}): pass a batch of at least one sample")
+        device = next(self.estimator.parameters()).device
+        if data.device != device:
+            raise ValueError(f"data is on {data.device} and the estimator on {device}: move one of them")
         if self.check_finite and not bool(torch.isfinite(data).all()):
             raise ValueError(
                 f"data contains {int((~torch.isfinite(data)).sum())} NaN or infinite values; nothing was changed"
@@ -257,51 +265,26 @@ class LBTLoss:
         if z is not None:
             if self.resample:
                 raise ValueError("resample=True draws its own latents; do not pass z")
-            return lambda: generator(z)
-        shape, source = self._latent_spec(generator)
-
-        def draw() -> Tensor:
-            latent = self._draw_latent(shape, generator, data)
-            try:
-                out = generator(latent)
-            except Exception as exc:
-                raise ValueError(
-                    f"the generator failed on z of shape {tuple(latent.shape)} ({source}): "
-                    f"{type(exc).__name__}: {exc}. Pass z=..., or LBTLoss(latent=shape) with the generator's input "
-                    "shape, e.g. latent=(100, 1, 1) for a DCGAN generator."
-                ) from exc
-            if isinstance(out, Tensor) and out.shape[1:] != data.shape[1:] and source.startswith("read off"):
-                raise ValueError(
-                    f"z of shape {tuple(latent.shape)} ({source}) gives samples of shape {tuple(out.shape)}, "
-                    f"but data has {tuple(data.shape)}: the generator's input shape could not be read off its "
-                    "first layer. Pass z=..., or LBTLoss(latent=shape)."
-                )
-            return out
-
-        return draw
-
-    def _latent_spec(self, generator: Callable[[Tensor], Tensor]) -> Tuple[Latent, str]:
-        """The latent spec and where it came from (for error messages)."""
-        if self.latent is not None:
-            return self.latent, f"latent={self.latent!r}"
-        for name in ("latent_shape", "latent_dim"):
-            spec = getattr(generator, name, None)
-            if spec is not None:
-                return spec, f"the generator's {name} {spec!r}"
-        spec = _first_layer_input(generator) if isinstance(generator, nn.Module) else None
-        if spec is None:
-            raise ValueError(
-                f"cannot tell the latent shape of {type(generator).__name__}: pass z=..., "
-                "LBTLoss(latent=dim or shape or callable), or give the generator a latent_dim / latent_shape attribute."
-            )
-        return spec, f"read off its first layer as {spec}"
-
-    def _draw_latent(self, spec: Latent, generator: Callable[[Tensor], Tensor], data: Tensor) -> Tensor:
-        n = self.batch_size or data.shape[0]
-        if callable(spec):
-            return spec(n, data.device)
-        shape: Tuple[int, ...] = (spec,) if isinstance(spec, int) else tuple(spec)
-        return torch.randn((n, *shape), device=data.device, dtype=_input_dtype(generator, data))
+            if not isinstance(z, Tensor):
+                raise TypeError(f"z must be a tensor, got {type(z).__name__}")
+            return lambda: _call(generator, z, "the z passed to the call", data, check_shape=False)
+        if callable(self.latent):
+            source, certain = "LBTLoss(latent=callable)", True
+            draw_z: Callable[[], Tensor] = lambda: self.latent(self.batch_size or data.shape[0], data.device)  # noqa
+        else:
+            if self.latent is not None:
+                shape, source, certain = self.latent, f"latent={self.latent!r}", True
+            else:
+                shape, source, certain = latent_shape(generator)
+                if shape is None:
+                    raise ValueError(
+                        f"cannot tell the latent shape of {type(generator).__name__}: pass z=..., LBTLoss(latent=dim "
+                        "or shape or callable), or give the generator a latent_dim / latent_shape attribute."
+                    )
+            dtype = _input_dtype(generator, data)
+            draw_z = lambda: torch.randn((self.batch_size or data.shape[0], *shape), device=data.device,  # noqa
+                                         dtype=dtype)
+        return lambda: _call(generator, draw_z(), source, data, check_shape=not certain)
 
     def _check_samples(self, fake: Tensor, data: Tensor) -> None:
         if not isinstance(fake, Tensor):
@@ -315,6 +298,8 @@ class LBTLoss:
             raise ValueError("the generator returned an empty batch of samples")
         if not fake.is_floating_point():
             raise TypeError(f"generator samples have dtype {fake.dtype}; they must be floating point")
+        if fake.device != data.device:
+            raise ValueError(f"generator samples are on {fake.device} and data on {data.device}: move one of them")
         if not fake.requires_grad:
             raise ValueError(
                 "the generator's samples do not require grad, so the LBT loss cannot reach the generator: "
@@ -358,12 +343,21 @@ class LBTLoss:
         Raises ``ValueError`` naming what does not fit, with nothing loaded."""
         if not isinstance(state, dict) or not {"estimator", "optimizer"} <= set(state):
             raise ValueError("an LBTLoss state must be a dict with 'estimator' and 'optimizer' (LBTLoss.state_dict())")
-        backup = _snapshot(self)
+        backup = _Snapshot(self)
+        keys = [set(g) for g in self.optimizer.param_groups]
         try:
             self.estimator.load_state_dict(state["estimator"])
             self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
-        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            _restore(self, backup)
+            if [set(g) for g in self.optimizer.param_groups] != keys:
+                raise ValueError(f"its param groups are not those of {type(self.optimizer).__name__}")
+            rules.rule_for(self.optimizer)
+            for p, s in self.optimizer.state.items():
+                for key, value in s.items():
+                    if isinstance(value, Tensor) and key != "step" and value.shape != p.shape:
+                        raise ValueError(f"its optimizer state {key!r} has shape {tuple(value.shape)} for a "
+                                         f"parameter of shape {tuple(p.shape)}")
+        except Exception as exc:
+            backup.restore()
             raise ValueError(f"the LBT state does not fit this estimator or optimizer: {exc}") from None
 
     def __repr__(self) -> str:
@@ -386,16 +380,27 @@ def _uncompiled(module: Any) -> Any:
     return module
 
 
-def _first_layer_input(generator: nn.Module) -> Optional[Tuple[int, ...]]:
-    """The input shape (without batch) of a generator whose first layer is ``Linear`` or ``ConvTransposeNd``."""
-    for m in generator.modules():
-        if isinstance(m, nn.Linear):
-            return (m.in_features,)
-        if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-            return (m.in_channels,) + (1,) * (len(m.kernel_size))
-        if next(m.parameters(recurse=False), None) is not None:
-            return None  # a first layer of another kind: its input shape is not known
-    return None
+def _call(generator: Callable[[Tensor], Tensor], z: Any, source: str, data: Tensor, check_shape: bool) -> Tensor:
+    """``generator(z)``, with an error that names the latent and the fix when ``z`` does not fit it."""
+    if not isinstance(z, Tensor):
+        raise TypeError(f"{source} gave a {type(z).__name__}, not a tensor of latents")
+    try:
+        out = generator(z)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        if isinstance(exc, torch.OutOfMemoryError):
+            raise
+        raise ValueError(
+            f"the generator failed on z of shape {tuple(z.shape)} ({source}): {type(exc).__name__}: {exc}. If z "
+            "has the wrong shape, pass z=..., or LBTLoss(latent=shape), e.g. latent=(100, 1, 1) for a DCGAN "
+            "generator."
+        ) from exc
+    if check_shape and isinstance(out, Tensor) and out.shape[1:] != data.shape[1:]:
+        raise ValueError(
+            f"z of shape {tuple(z.shape)} ({source}) gives samples of shape {tuple(out.shape)}, but data has "
+            f"{tuple(data.shape)}: the generator's input shape could not be read off its first layer. Pass z=..., "
+            "or LBTLoss(latent=shape)."
+        )
+    return out
 
 
 def _input_dtype(generator: Any, data: Tensor) -> torch.dtype:
@@ -407,27 +412,40 @@ def _input_dtype(generator: Any, data: Tensor) -> torch.dtype:
     return data.dtype
 
 
-def _snapshot(loss: LBTLoss) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
-    est = {k: v.clone() for k, v in loss.estimator.state_dict().items()}
-    return est, copy.deepcopy(loss.optimizer.state_dict())
-
-
-def _restore(loss: LBTLoss, backup: Tuple[Dict[str, Tensor], Dict[str, Any]]) -> None:
-    loss.estimator.load_state_dict(backup[0])
-    loss.optimizer.load_state_dict(backup[1])
-    loss.optimizer.zero_grad(set_to_none=True)
-
-
-class _restored_on_error:
-    """Puts the estimator and its optimizer back as they were when a call with teaching steps raises."""
+class _Snapshot:
+    """The estimator's parameters, buffers and gradients and its optimizer's state, restorable in place."""
 
     def __init__(self, loss: LBTLoss):
         self.loss = loss
-        self.backup = _snapshot(loss) if loss.teach_steps else None
+        est = loss.estimator
+        self.tensors = [*est.parameters(), *est.buffers()]
+        self.values = [t.detach().clone() for t in self.tensors]
+        self.grads = [None if p.grad is None else p.grad.clone() for p in est.parameters()]
+        self.groups = [dict(g) for g in loss.optimizer.param_groups]
+        self.state = {p: {k: v.clone() if isinstance(v, Tensor) else copy.copy(v) for k, v in s.items()}
+                      for p, s in loss.optimizer.state.items()}
 
-    def __enter__(self) -> None:
-        return None
+    def restore(self) -> None:
+        optimizer = self.loss.optimizer
+        with torch.no_grad():
+            for t, v in zip(self.tensors, self.values):
+                t.copy_(v)
+        for p, g in zip(self.loss.estimator.parameters(), self.grads):
+            p.grad = g
+        for group, saved in zip(optimizer.param_groups, self.groups):
+            group.clear()
+            group.update(saved)
+        optimizer.state.clear()
+        optimizer.state.update(self.state)
 
-    def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        if exc_type is not None and self.backup is not None:
-            _restore(self.loss, self.backup)
+
+@contextlib.contextmanager
+def _restored_on_error(loss: LBTLoss) -> Iterator[None]:
+    """Puts the estimator and its optimizer back as they were when a call with teaching steps raises."""
+    snapshot = _Snapshot(loss) if loss.teach_steps else None
+    try:
+        yield
+    except BaseException:
+        if snapshot is not None:
+            snapshot.restore()
+        raise

@@ -136,7 +136,7 @@ def fid(source_a: str, source_b: str, *, weights: Optional[str] = None, dims: in
         return float(calculate_frechet_distance(mu1, s1, mu2, s2))
     home = os.environ.get("TORCH_HOME")
     with tempfile.TemporaryDirectory() as tmp:
-        paths = [_fid_source(s, Path(tmp) / f"source{i}", num_samples, data_root, device, generator_loader)
+        paths = [_fid_source(s, Path(tmp) / f"source{i}", num_samples, data_root, device, generator_loader, dims)
                  for i, s in enumerate((source_a, source_b))]
         if weights is not None:
             cache = Path(tmp) / "hub" / "checkpoints"
@@ -186,7 +186,7 @@ def _npz_stats(source: str) -> Tuple[Any, Any]:
 
 
 def _fid_source(source: str, folder, num_samples: int, data_root: Optional[str], device: str,
-                generator_loader: Optional[Callable[[dict], nn.Module]]) -> str:
+                generator_loader: Optional[Callable[[dict], nn.Module]], dims: int) -> str:
     """A path pytorch-fid can read for ``source`` (see :func:`fid`)."""
     from pathlib import Path
 
@@ -200,7 +200,10 @@ def _fid_source(source: str, folder, num_samples: int, data_root: Optional[str],
         save_images(images[:num_samples].float().div(255).unsqueeze(1), str(folder), value_range=(0.0, 1.0))
         return str(folder)
     if path.suffix == ".npz":
-        _npz_stats(source)
+        mu, _ = _npz_stats(source)
+        if mu.shape[0] != dims:
+            raise ValueError(f"{source} holds statistics of {mu.shape[0]} features; pass --dims {mu.shape[0]} (or "
+                             f"statistics of {dims} features)")
         return str(path)
     if path.is_dir():
         n = sum(1 for f in path.iterdir() if f.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
@@ -218,12 +221,13 @@ def _fid_source(source: str, folder, num_samples: int, data_root: Optional[str],
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise ValueError(f"cannot read {source} as a checkpoint ({type(exc).__name__}: {exc})") from None
+        from ._impl.latent import latent_shape
+
         G = generator_loader(state)
-        shape = getattr(G, "latent_shape", None) or getattr(G, "latent_dim", None)
-        if not isinstance(G, nn.Module) or shape is None:
+        shape = latent_shape(G)[0] if isinstance(G, nn.Module) else None
+        if shape is None:
             raise ValueError(f"the generator loader returned {type(G).__name__}; it must return an nn.Module with a "
-                             "latent_shape or latent_dim attribute")
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+                             "latent_shape or latent_dim attribute (or a first Linear / ConvTranspose layer)")
         G.to(device).eval()
         gen = torch.Generator(device=device).manual_seed(0)
         with torch.no_grad():

@@ -36,10 +36,11 @@ class UnrolledModule:
     """A functional view of a module at the unrolled parameters :math:`\\theta_K`.
 
     Calling the view runs ``module.forward`` with :math:`\\theta_K`; so does any other
-    method (``view.log_prob(x)``), and an attribute that is a submodule gives the
-    view of that submodule. Parameters read as attributes (``view.weight``) are the
-    unrolled tensors. Buffers are copies: updating them (BatchNorm in train mode)
-    never touches the original module. Other attributes are read from the module.
+    method or callable attribute (``view.log_prob(x)``), and an attribute that is a
+    submodule gives the view of that submodule. Every other attribute is read with
+    :math:`\\theta_K` in place: parameters (``view.weight``, tied or parametrized ones
+    included) are the unrolled tensors, properties are computed from them. Buffers are
+    copies: updating them (BatchNorm in train mode) never touches the original module.
     """
 
     def __init__(self, backend: Any, module: nn.Module, path: str = ""):
@@ -48,24 +49,22 @@ class UnrolledModule:
         object.__setattr__(self, "_path", path)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._backend.call(self._path, "forward", args, kwargs)
+        return self._backend.within(self._path, lambda m: m(*args, **kwargs))
 
     def __getattr__(self, name: str) -> Any:
         target = self._module.get_submodule(self._path)
-        prefix = self._path + "." if self._path else ""
-        if name in target._modules:
-            return UnrolledModule(self._backend, self._module, prefix + name)
-        if name in target._parameters:
-            return dict(self.named_parameters())[name]
-        attr = getattr(target, name)
-        if callable(attr) and hasattr(attr, "__self__") and attr.__self__ is target:
+        if target._modules.get(name) is not None:
+            return UnrolledModule(self._backend, self._module, f"{self._path}.{name}" if self._path else name)
+        attr = getattr(target, name)  # what it is, read on the module itself
+        if callable(attr) and not isinstance(attr, (Tensor, nn.Module)):
             def method(*args: Any, **kwargs: Any) -> Any:
-                return self._backend.call(self._path, name, args, kwargs)
+                return self._backend.within(self._path, lambda m: getattr(m, name)(*args, **kwargs))
 
             method.__name__ = name
-            method.__doc__ = attr.__doc__
+            method.__doc__ = getattr(attr, "__doc__", None)
             return method
-        return attr
+        # parameters (tied or parametrized ones too), buffers and properties: read with theta_K in place
+        return self._backend.within(self._path, lambda m: getattr(m, name))
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("an UnrolledModule is read-only; change the original module instead")

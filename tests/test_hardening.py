@@ -138,7 +138,7 @@ def test_gradients_disabled_empty_batches_and_bad_weights(warm):
 def test_a_failing_generator_on_a_drawn_latent_names_the_fix(warm):
     lbt, gen, data = warm
     bad = LBTLoss(lbt.estimator, k=2, optimizer=lbt.optimizer, teach_steps=3, latent=7)
-    _fails_and_changes_nothing(bad, ValueError, r"failed on z of shape \(16, 7\) \(latent=7\)", gen, data)
+    _fails_and_changes_nothing(bad, ValueError, r"failed on z of shape \(16, 7\) \(latent=\(7,\)\)", gen, data)
 
 
 @pytest.mark.parametrize("backend", ["higher", "func"])
@@ -166,3 +166,58 @@ def test_load_state_dict_that_does_not_fit_changes_nothing(warm):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         lbt(gen, data)  # still usable
+
+
+def test_load_state_dict_refuses_a_half_fitting_or_foreign_state(warm):
+    lbt, gen, data = warm
+    before, groups = _state(lbt), lbt.optimizer.param_groups
+    bad = {"estimator": lbt.estimator.state_dict(), "optimizer": {"state": 5, "param_groups": []}}
+    with pytest.raises(ValueError, match="does not fit"):
+        lbt.load_state_dict(bad)
+    sgd_est = copy.deepcopy(lbt.estimator)
+    sgd = LBTLoss(sgd_est, k=2, optimizer=torch.optim.SGD(sgd_est.parameters(), lr=0.1, momentum=0.9))
+    sgd_before = _state(sgd)
+    with pytest.raises(ValueError, match="param groups are not those of SGD"):
+        sgd.load_state_dict(lbt.state_dict())  # an Adam state into an SGD-backed loss
+    assert _same(before, _state(lbt)) and _same(sgd_before, _state(sgd))
+    assert lbt.optimizer.param_groups is groups
+    sgd(gen, data).backward()  # still usable
+
+
+def test_a_failed_call_restores_non_persistent_buffers_and_keeps_param_groups(warm):
+    lbt, gen, data = warm
+
+    class Counting(TinyCoupling):
+        def __init__(self):
+            super().__init__(2, 8)
+            self.register_buffer("calls", torch.zeros(()), persistent=False)
+
+        def log_prob(self, x):
+            self.calls += 1
+            if self.calls > 2:  # the two teaching steps pass, the unroll fails
+                raise RuntimeError("boom")
+            return super().log_prob(x)
+
+    est = Counting()
+    opt = torch.optim.Adam(est.parameters(), lr=1e-3)
+    group = opt.param_groups[0]
+    lbt = LBTLoss(est, k=2, optimizer=opt, teach_steps=2)
+    weights = [p.detach().clone() for p in est.parameters()]
+    with pytest.raises(RuntimeError, match="boom"):
+        lbt(gen, data)
+    assert est.calls.item() == 0 and not opt.state and opt.param_groups[0] is group
+    assert all(torch.equal(a, b) for a, b in zip(weights, est.parameters()))
+
+
+def test_clear_errors_for_latents_z_and_devices(warm):
+    lbt, gen, data = warm
+    with pytest.raises(ValueError, match="latent shape is a positive int or a tuple"):
+        LBTLoss(lbt.estimator, latent="ab")
+    with pytest.raises(ValueError, match="latent shape is a positive int"):
+        LBTLoss(lbt.estimator, latent=(100, 0))
+    _fails_and_changes_nothing(lbt, ValueError, r"failed on z of shape \(16, 5\) \(the z passed to the call\)",
+                               gen, data, z=torch.randn(16, 5))
+    odd = LBTLoss(lbt.estimator, k=2, optimizer=lbt.optimizer, teach_steps=3, latent=lambda n, d: "z")
+    _fails_and_changes_nothing(odd, TypeError, "gave a str, not a tensor", gen, data)
+    _fails_and_changes_nothing(lbt, ValueError, "data is on meta and the estimator on cpu", gen,
+                               torch.empty(16, 2, device="meta"))

@@ -37,7 +37,7 @@ def evil(tmp_path):
     crafted = tmp_path / "crafted.pt"
     torch.save({"generator_factory": "os:system", "generator_kwargs": {"command": f"touch {marker}"},
                 "netG": {}, "step": 1, "netD": {}, "optG": {}, "optD": {}, "rng": torch.zeros(1), "args": {},
-                "n_classes": 10, "accuracy": 0.9, "model": {}}, crafted)
+                "n_classes": 10, "accuracy": 0.9, "model": {}, "fixed_noise": torch.zeros(1, 1, 1, 1)}, crafted)
     pickled = tmp_path / "pickled.pt"
     torch.save({"netG": _Payload(marker)}, pickled)  # torch.save pickles the object
     npz = tmp_path / "pickled.npz"
@@ -144,3 +144,28 @@ def test_fid_on_too_few_images_says_so(tmp_path):
     for folder, n in (("empty", 0), ("one", 1)):
         result = CliRunner().invoke(main, ["fid", str(tmp_path / folder), str(tmp_path / "three"), "--dims", "64"])
         assert result.exit_code == 1 and f"holds {n} image(s); FID needs at least 2" in result.output
+
+
+def test_hostile_numbers_in_a_checkpoint_allocate_nothing(digits, tmp_path):
+    """Sizes in range but huge (a 17 TB generator) are checked against the checkpoint's own tensors first."""
+    ckpt = dcgan_lbt.main(["--data-root", str(digits), "--out", str(tmp_path), *TINY, "--steps", "1"])
+    state = torch.load(ckpt, weights_only=True)
+    state["generator_kwargs"] = {"nz": 4096, "ngf": 4096, "nc": 3, "image_size": 1024}
+    with pytest.raises(ValueError, match="does not fit its generator_kwargs"):
+        dcgan_lbt.load_generator(state)
+    del state["fixed_noise"]
+    torch.save(state, tmp_path / "no_noise.pt")
+    with pytest.raises(ValueError, match=r"lacks \['fixed_noise'\]"):
+        dcgan_lbt.load_checkpoint(tmp_path / "no_noise.pt")
+
+
+def test_fid_cli_checks_dims_and_the_generator_function(tmp_path):
+    np.savez(tmp_path / "a.npz", mu=np.zeros(4), sigma=np.eye(4))
+    from lbt_plugin.metrics import save_images
+
+    save_images(torch.rand(3, 3, 8, 8), str(tmp_path / "imgs"))
+    result = CliRunner().invoke(main, ["fid", str(tmp_path / "a.npz"), str(tmp_path / "imgs"), "--dims", "64"])
+    assert result.exit_code == 1 and "holds statistics of 4 features; pass --dims 4" in result.output
+    result = CliRunner().invoke(main, ["fid", str(tmp_path / "a.npz"), str(tmp_path / "imgs"), "--generator",
+                                       f"{ROOT / 'examples' / 'dcgan_lbt.py'}:ARCHITECTURE"])
+    assert result.exit_code == 2 and "not a function" in result.output

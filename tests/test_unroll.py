@@ -144,3 +144,46 @@ def test_the_step_index_is_passed_to_loss_functions_that_take_it():
     assert _takes_step_index(lambda *a: 0)
     assert not _takes_step_index(Loss().one) and _takes_step_index(Loss().two)
     assert _takes_step_index(partial(lambda a, v, t: 0, 1)) and not _takes_step_index(partial(lambda a, v: 0, 1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_view_reads_none_tied_and_parametrized_parameters_at_theta_k(backend):
+    from torch.nn.utils import parametrize
+
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(2, 2, bias=False)
+            self.b = nn.Linear(2, 2, bias=False)
+            self.b.weight = self.a.weight  # tied
+            self.c = nn.Linear(2, 2)
+            parametrize.register_parametrization(self.c, "weight", _Symmetric())
+
+        def log_prob(self, x):
+            return -(self.b(self.a(x)) + self.c(x)).pow(2).sum(-1)
+
+    m, x = Odd(), torch.randn(6, 2)
+    if backend == "higher":
+        pytest.skip("higher does not patch parametrized modules")  # the func backend is the default
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    view = Unroller(m, opt, 2, backend=backend)(lambda e: -e.log_prob(x).mean())
+    params = dict(view.named_parameters())
+    assert view.a.bias is None
+    assert view.b.weight is params["a.weight"] and not torch.equal(view.b.weight, m.a.weight)
+    original = params["c.parametrizations.weight.original"]
+    torch.testing.assert_close(view.c.weight, (original + original.T) / 2)
+    assert not torch.equal(view.c.weight, m.c.weight)
+
+
+class _Symmetric(nn.Module):
+    def forward(self, w):
+        return (w + w.T) / 2
+
+
+def test_a_checkpointed_view_is_theta_k_before_and_after_backward():
+    est, x = TinyCoupling(2, 8), torch.randn(8, 2, requires_grad=True)
+    opt = torch.optim.SGD(est.parameters(), lr=0.1)
+    view = Unroller(est, opt, 3, checkpoint=True)(lambda e: -e.log_prob(x).mean())
+    before = [p.detach().clone() for p in view.parameters()]
+    view.log_prob(x).sum().backward()
+    assert all(torch.equal(a, b) for a, b in zip(before, view.parameters()))

@@ -70,17 +70,18 @@ class FuncBackend:
         params = list(module.parameters())
         self.params: List[Tensor] = [p.detach().clone().requires_grad_(p.requires_grad) for p in params]
         self._trainable = [i for i, p in enumerate(params) if p.requires_grad]
-        self._param_slots, buffers = _slots(module, params)
-        self._buffer_slots = [(d, name, i) for d, name, i in buffers]
-        self.buffers: List[Tensor] = [b.detach().clone() for b in _unique_buffers(module)]
+        buffers = list(module.buffers())
+        self._param_slots, self._buffer_slots = _slots(module, params, buffers)
+        self.buffers: List[Tensor] = [b.detach().clone() for b in buffers]
         self.state = {
             i: rules.copy_state(optimizer, p)
             for group, ids in zip(optimizer.param_groups, index)
             for i, p in zip(ids, group["params"])
         }
 
-    def call(self, path: str, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
-        """``module.<path>.<name>(*args, **kwargs)`` with ``theta_t`` and the buffer copies in the module's slots."""
+    def within(self, path: str, fn: Callable[[nn.Module], Any]) -> Any:
+        """``fn(module.get_submodule(path))`` with ``theta_t`` and the buffer copies in the module's slots; the
+        module's own tensors are back in place when it returns or raises."""
         slots = self._param_slots + self._buffer_slots
         saved = [d[key] for d, key, _ in slots]
         try:
@@ -88,8 +89,7 @@ class FuncBackend:
                 d[key] = self.params[i]
             for d, key, i in self._buffer_slots:
                 d[key] = self.buffers[i]
-            target = self.module.get_submodule(path)
-            return target(*args, **kwargs) if name == "forward" else getattr(target, name)(*args, **kwargs)
+            return fn(self.module.get_submodule(path))
         finally:
             for (d, key, _), original in zip(slots, saved):
                 d[key] = original
@@ -128,18 +128,24 @@ class FuncBackend:
         out_layout: Dict[str, Any] = {}
 
         def pure(*flat: Tensor) -> Tuple[Tensor, ...]:
+            # Runs once now and again when backward recomputes this step: it uses the backend's
+            # params/state to evaluate loss_fn, then puts back what was there (theta_K by then).
+            before = self.params, self.state
             self.params = list(flat[:n])
             self.state = {i: dict(static[i]) for i in static}
             for (i, k), v in zip(keys, flat[n:]):
                 self.state[i][k] = v
-            with torch.enable_grad():
-                loss = loss_fn()
-                self.step(loss, create_graph=True)
-            new_keys = [(i, k) for i, s in self.state.items() for k, v in s.items() if isinstance(v, Tensor)]
-            out_layout["keys"] = new_keys
-            out_layout["static"] = {i: {k: v for k, v in s.items() if not isinstance(v, Tensor)}
-                                    for i, s in self.state.items()}
-            return (loss, *self.params, *(self.state[i][k] for i, k in new_keys))
+            try:
+                with torch.enable_grad():
+                    loss = loss_fn()
+                    self.step(loss, create_graph=True)
+                new_keys = [(i, k) for i, s in self.state.items() for k, v in s.items() if isinstance(v, Tensor)]
+                out_layout["keys"] = new_keys
+                out_layout["static"] = {i: {k: v for k, v in s.items() if not isinstance(v, Tensor)}
+                                        for i, s in self.state.items()}
+                return (loss, *self.params, *(self.state[i][k] for i, k in new_keys))
+            finally:
+                self.params, self.state = before
 
         flat_in = [*self.params, *(self.state[i][k] for i, k in keys)]
         out = torch.utils.checkpoint.checkpoint(pure, *flat_in, use_reentrant=False)
@@ -150,14 +156,15 @@ class FuncBackend:
         return out[0]
 
 
-def _slots(module: nn.Module, params: List[Tensor]) -> Tuple[List[Tuple[Dict, str, int]], List[Tuple[Dict, str, int]]]:
+def _slots(module: nn.Module, params: List[Tensor],
+           buffers: List[Tensor]) -> Tuple[List[Tuple[Dict, str, int]], List[Tuple[Dict, str, int]]]:
     """Every place a parameter or buffer of ``module`` lives, as ``(owner's dict, name, index)``.
 
-    Indices point into ``params`` (``module.parameters()``, shared tensors once) and into
-    :func:`_unique_buffers`; a tensor shared by two submodules has two slots and one index.
+    Indices point into ``params`` (``module.parameters()``, shared tensors once) and ``buffers``
+    (``module.buffers()``); a tensor shared by two submodules has two slots and one index.
     """
     position = {id(p): i for i, p in enumerate(params)}
-    buffer_position = {id(b): i for i, b in enumerate(_unique_buffers(module))}
+    buffer_position = {id(b): i for i, b in enumerate(buffers)}
     param_slots, buffer_slots = [], []
     for _, owner in module.named_modules(remove_duplicate=False):
         for key, p in owner._parameters.items():
@@ -167,10 +174,6 @@ def _slots(module: nn.Module, params: List[Tensor]) -> Tuple[List[Tuple[Dict, st
             if b is not None:
                 buffer_slots.append((owner._buffers, key, buffer_position[id(b)]))
     return param_slots, buffer_slots
-
-
-def _unique_buffers(module: nn.Module) -> List[Tensor]:
-    return list(module.buffers())
 
 
 class _RuleOptimizer(higher.optim.DifferentiableOptimizer):
@@ -274,15 +277,13 @@ class HigherBackend:
     def params(self) -> List[Tensor]:
         return list(self.fmodel.fast_params)
 
-    def call(self, path: str, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+    def within(self, path: str, fn: Callable[[nn.Module], Any]) -> Any:
+        """``fn(patched submodule at path)`` with every patched submodule bound to ``theta_t``."""
         fmodel = self.fmodel
         fmodel.update_params(fmodel.fast_params)  # every patched submodule's attributes <- theta_t
-        if path == "" and name == "forward":
-            return fmodel(*args, **kwargs)  # higher's own root forward binds and clears the box
         self._box[0] = fmodel._expand_params(fmodel.fast_params)  # submodules called directly read theta_t
         try:
-            target = fmodel.get_submodule(path)
-            return target(*args, **kwargs) if name == "forward" else getattr(target, name)(*args, **kwargs)
+            return fn(fmodel.get_submodule(path))
         finally:
             self._box[0] = None
 

@@ -18,9 +18,10 @@ def load_object(spec: str) -> Any:
             path = Path(target)
             if not path.is_file():
                 raise ValueError(f"no such file: {target}")
-            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            name_in_process = f"_lbt_plugin_user_{path.stem}"  # never shadows a real module (json.py, ...)
+            module_spec = importlib.util.spec_from_file_location(name_in_process, path)
             module = importlib.util.module_from_spec(module_spec)
-            sys.modules[path.stem] = module
+            sys.modules[name_in_process] = module
             module_spec.loader.exec_module(module)
         else:
             if str(Path.cwd()) not in sys.path:

@@ -22,12 +22,6 @@ State = Dict[str, Any]
 Rule = Callable[[Dict[str, Any], Tensor, Tensor, State], Tensor]
 
 
-def _scalar(group: Dict[str, Any], key: str) -> Any:
-    """A hyper-parameter; tensors are kept (torch computes with them in their dtype). :func:`rule_for`
-    has refused tensors that require grad."""
-    return group[key]
-
-
 def _check_fixed(group: Dict[str, Any]) -> None:
     for key, value in group.items():
         values = value if isinstance(value, tuple) else (value,)
@@ -56,8 +50,8 @@ def _safe_sqrt(v: Tensor) -> Tensor:
 
 def sgd(group: Dict[str, Any], p: Tensor, g: Tensor, state: State) -> Tensor:
     """``torch.optim.SGD`` (momentum, dampening, nesterov, weight decay, maximize)."""
-    lr, wd = _scalar(group, "lr"), _scalar(group, "weight_decay")
-    momentum, dampening = _scalar(group, "momentum"), _scalar(group, "dampening")
+    lr, wd = group["lr"], group["weight_decay"]
+    momentum, dampening = group["momentum"], group["dampening"]
     if group.get("maximize", False):
         g = -g
     if wd != 0:
@@ -78,8 +72,8 @@ def adam(group: Dict[str, Any], p: Tensor, g: Tensor, state: State) -> Tensor:
     :math:`\\theta_t = \\theta_{t-1} - \\alpha\\,\\hat m_t/(\\sqrt{\\hat v_t} + \\epsilon)`,
     with eps added *after* the bias correction of the root, as in ``torch.optim``.
     """
-    lr, wd, eps = _scalar(group, "lr"), _scalar(group, "weight_decay"), _scalar(group, "eps")
-    beta1, beta2 = _scalar(group, "betas")
+    lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+    beta1, beta2 = group["betas"]
     amsgrad = group.get("amsgrad", False)
     if group.get("maximize", False):
         g = -g
@@ -107,8 +101,8 @@ def adam(group: Dict[str, Any], p: Tensor, g: Tensor, state: State) -> Tensor:
 
 def rmsprop(group: Dict[str, Any], p: Tensor, g: Tensor, state: State) -> Tensor:
     """``torch.optim.RMSprop`` (centered, momentum, weight decay, maximize)."""
-    lr, wd, eps = _scalar(group, "lr"), _scalar(group, "weight_decay"), _scalar(group, "eps")
-    alpha, momentum = _scalar(group, "alpha"), _scalar(group, "momentum")
+    lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+    alpha, momentum = group["alpha"], group["momentum"]
     centered = group.get("centered", False)
     if group.get("maximize", False):
         g = -g
