@@ -27,7 +27,7 @@ from lbt_plugin.estimators import ConvVAE  # noqa: E402  # LBT
 
 class LBTGAN(L.LightningModule):
     def __init__(self, channels: int = 1, image_size: int = 28, latent_dim: int = 100, width: int = 64,
-                 lr: float = 2e-4, lbt_weight: float = 1e-3, k: int = 5, teach_steps: int = 1,
+                 lr: float = 2e-4, lbt_weight: float = 1.0, k: int = 5, teach_steps: int = 1,
                  est_latent: int = 64, est_width: int = 32):
         super().__init__()
         self.save_hyperparameters()
