@@ -16,8 +16,7 @@ Variants, timed side by side in one process, interleaved round by round (median 
 
 - floor: the same LBT step written with plain autograd (``functional_call``,
   ``autograd.grad(create_graph=True)``, the update rule inline), no package code;
-- lbt higher / lbt func: ``LBTLoss(..., backend=...)`` and its backward;
-- lbt auto: the default backend (``backend="auto"``);
+- lbt func (default) / lbt higher: ``LBTLoss(..., backend=...)`` and its backward;
 - stock higher: ``higher.innerloop_ctx`` with higher's own differentiable optimizer;
 - TorchOpt: its functional optimizer (when ``torchopt`` is installed).
 
@@ -210,8 +209,8 @@ def torchopt_step(s: Setting, k: int) -> Callable[[], Tensor]:
 
 
 def variants(s: Setting, k: int, extra: bool) -> Dict[str, Callable[[], Tensor]]:
-    out = {"floor": floor_step(s, k), "lbt auto": lbt_step(s, k, "auto"), "lbt higher": lbt_step(s, k, "higher"),
-           "lbt func": lbt_step(s, k, "func")}
+    out = {"floor": floor_step(s, k), "lbt func (default)": lbt_step(s, k, "func"),
+           "lbt higher": lbt_step(s, k, "higher")}
     if extra:
         out["stock higher"] = stock_higher_step(s, k)
         try:
