@@ -16,7 +16,8 @@ Variants, timed side by side in one process, interleaved round by round (median 
 
 - floor: the same LBT step written with plain autograd (``functional_call``,
   ``autograd.grad(create_graph=True)``, the update rule inline), no package code;
-- lbt func (default) / lbt higher: ``LBTLoss(..., backend=...)`` and its backward;
+- lbt func (default) / lbt higher: ``LBTLoss(..., backend=...)`` and its backward; and the default
+  with ``check_finite=False`` (no host synchronisations);
 - stock higher: ``higher.innerloop_ctx`` with higher's own differentiable optimizer;
 - TorchOpt: its functional optimizer (when ``torchopt`` is installed).
 
@@ -191,10 +192,10 @@ def torchopt_step(s: Setting, k: int) -> Callable[[], Tensor]:
         state = make.init(params)
         if kind == "adam":  # start from the same moments as every other variant
             st = [opt.state[p] for p in est.parameters()]
+            leaves = type(state[0].mu)  # TorchOpt keeps one entry per parameter
             adam_state = state[0]._replace(
-                mu=tuple(x["exp_avg"].clone() for x in st), nu=tuple(x["exp_avg_sq"].clone() for x in st),
-                count=tuple(torch.tensor(int(st[0]["step"]), dtype=torch.int64) for _ in st) if isinstance(
-                    state[0].count, tuple) else torch.tensor(int(st[0]["step"]), dtype=torch.int64))
+                mu=leaves(x["exp_avg"].clone() for x in st), nu=leaves(x["exp_avg_sq"].clone() for x in st),
+                count=leaves(torch.tensor(int(x["step"]), dtype=torch.int64) for x in st))
             state = (adam_state, *state[1:])
         for _ in range(k):
             loss = -torch.func.functional_call(est, {**dict(zip(names, params)), **buffers}, (fake,)).mean()
@@ -210,6 +211,7 @@ def torchopt_step(s: Setting, k: int) -> Callable[[], Tensor]:
 
 def variants(s: Setting, k: int, extra: bool) -> Dict[str, Callable[[], Tensor]]:
     out = {"floor": floor_step(s, k), "lbt func (default)": lbt_step(s, k, "func"),
+           "lbt func, no finite checks": lbt_step(s, k, "func", check_finite=False),
            "lbt higher": lbt_step(s, k, "higher")}
     if extra:
         out["stock higher"] = stock_higher_step(s, k)
@@ -222,10 +224,16 @@ def variants(s: Setting, k: int, extra: bool) -> Dict[str, Callable[[], Tensor]]
 
 
 # ----------------------------------------------------------------------------- measurements
-def timed(fns: Dict[str, Callable[[], Tensor]], rounds: int, device: torch.device) -> Dict[str, float]:
-    """Median seconds per call; each round calls every variant once, in turn, so load affects all alike."""
+def timed(fns: Dict[str, Callable[[], Tensor]], rounds: int, device: torch.device,
+          seconds: float = 0.0) -> Tuple[Dict[str, float], int]:
+    """Median seconds per call, and the number of rounds; each round calls every variant once, in turn, so load
+    affects all alike. At least ``rounds`` rounds, more for fast steps: as many as fit in ``seconds``."""
     times: Dict[str, List[float]] = {name: [] for name in fns}
-    for r in range(rounds + 1):
+    start_all = time.perf_counter()
+    for fn in fns.values():  # round 0 warms up
+        fn()
+    rounds = max(rounds, int(seconds / max(time.perf_counter() - start_all, 1e-9)))
+    for r in range(1, rounds + 1):
         for name, fn in fns.items():
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -233,9 +241,8 @@ def timed(fns: Dict[str, Callable[[], Tensor]], rounds: int, device: torch.devic
             fn()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            if r:  # round 0 warms up
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}, rounds
 
 
 def exactness(setting: str, k: int, device: torch.device, extra: bool) -> Dict[str, float]:
@@ -279,7 +286,9 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--settings", nargs="+", default=["dcgan", "mixture", "flow"], choices=["dcgan", "mixture", "flow"])
     p.add_argument("--k", type=int, default=5)
-    p.add_argument("--rounds", type=int, default=15, help="interleaved rounds (median reported)")
+    p.add_argument("--rounds", type=int, default=41, help="interleaved rounds at least (median reported)")
+    p.add_argument("--seconds", type=float, default=30.0,
+                   help="more rounds for fast settings: as many as fit in this many seconds")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--memory-ks", type=int, nargs="+", default=[1, 5, 10, 20])
     p.add_argument("--no-extra", action="store_true", help="skip stock higher and TorchOpt")
@@ -293,15 +302,15 @@ def main() -> None:
     rows = []
     for name in tqdm(args.settings, desc="settings"):
         s = Setting(name, device)
-        t = timed(variants(s, args.k, extra), args.rounds, device)
-        rows.append((name, t, exactness(name, args.k, device, extra)))
+        t, rounds = timed(variants(s, args.k, extra), args.rounds, device, args.seconds)
+        rows.append((name, t, exactness(name, args.k, device, extra), rounds))
     names = list(rows[0][1])
-    timing = ["| setting | " + " | ".join(f"{n} (ms)" for n in names) + " | " +
+    timing = ["| setting | rounds | " + " | ".join(f"{n} (ms)" for n in names) + " | " +
               " | ".join(f"{n} / floor" for n in names[1:]) + " |",
-              "|---|" + "---|" * (2 * len(names) - 1)]
+              "|---|---|" + "---|" * (2 * len(names) - 1)]
     exact = ["| setting | " + " | ".join(names[1:]) + " |", "|---|" + "---|" * (len(names) - 1)]
-    for name, t, e in rows:
-        timing.append(f"| {name} | " + " | ".join(f"{1e3 * t[n]:.2f}" for n in names) + " | " +
+    for name, t, e, rounds in rows:
+        timing.append(f"| {name} | {rounds} | " + " | ".join(f"{1e3 * t[n]:.2f}" for n in names) + " | " +
                       " | ".join(f"{t[n] / t['floor']:.3f}" for n in names[1:]) + " |")
         exact.append(f"| {name} | " + " | ".join(f"{e[n]:.1e}" for n in names[1:]) + " |")
 
@@ -319,9 +328,10 @@ def main() -> None:
         memory.append(line)
 
     cmd = (f"python benchmarks/performance.py --device {args.device} --settings {' '.join(args.settings)} "
-           f"--k {args.k} --rounds {args.rounds}" + (f" --threads {args.threads}" if args.threads else ""))
+           f"--k {args.k} --rounds {args.rounds} --seconds {args.seconds:g}"
+           + (f" --threads {args.threads}" if args.threads else ""))
     body = (f"Machine: {machine(device)}. K = {args.k}, teach_steps = 0. Command: `{cmd}`\n\n"
-            f"Time of one generator step, loss and backward (median of {args.rounds} interleaved rounds):\n\n"
+            "Time of one generator step, loss and backward (median of the interleaved rounds):\n\n"
             + "\n".join(timing) +
             "\n\nLargest difference of the float64 generator gradient from the floor's, relative to its largest "
             "entry:\n\n" + "\n".join(exact) +
@@ -329,7 +339,7 @@ def main() -> None:
             "storages):\n\n" + "\n".join(memory))
     print(body)
     if str(args.out) != "-":
-        tag = "cuda" if device.type == "cuda" else "cpu"
+        tag = "cuda" if device.type == "cuda" else f"cpu-{torch.get_num_threads()}t"
         start, end = f"<!-- perf-{tag}:start -->", f"<!-- perf-{tag}:end -->"
         text = args.out.read_text() if args.out.exists() else "# Performance\n"
         if start not in text:

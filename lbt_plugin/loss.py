@@ -38,7 +38,7 @@ import copy
 import math
 import numbers
 import warnings
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -107,8 +107,9 @@ class LBTLoss:
             process on the global batch. Default: on when a group of more than one
             rank is initialised. Every rank must call the loss at every step.
         check_finite: check that data and generator samples are finite before
-            anything changes, and raise ``FloatingPointError`` naming the step when a
-            log-likelihood is NaN or infinite (a few host synchronisations per call).
+            anything changes, and that every log-likelihood of the call is, raising an
+            error that names the first non-finite value (one host synchronisation per
+            call, two with teaching steps).
 
     Call ``lbt(generator, data, z=None)``, where ``generator`` is a module or
     callable ``z -> samples``, or a tensor of already generated, differentiable
@@ -163,7 +164,7 @@ class LBTLoss:
         distributed = _dist.active() if distributed is None else distributed
         self.unroller = Unroller(estimator, optimizer, k, backend=backend, truncate=truncate, checkpoint=checkpoint,
                                  grad_reduce=_dist.mean_grads_differentiable if distributed else None,
-                                 check_finite=check_finite)
+                                 check_finite=False)  # checked with everything else, in one synchronisation
         self.estimator, self.optimizer, self.distributed = estimator, optimizer, distributed
         if self.distributed:
             _dist.broadcast_module_(estimator)  # every rank starts from rank 0's estimator
@@ -191,23 +192,31 @@ class LBTLoss:
         # Mixed precision: the generator may run under autocast, the LBT term does not. The estimator's
         # summed log-likelihood and its second derivatives need more than bf16's 8-bit mantissa (measured:
         # the bf16 hypergradient points the wrong way), so samples are cast up and autocast is off here.
-        dtype = next(self.estimator.parameters()).dtype
-        with torch.autocast(data.device.type, enabled=False), _restored_on_error(self):
+        dtype = self._first_parameter.dtype
+        device_type = data.device.type
+        float32 = (torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type)
+                   else contextlib.nullcontext())
+        with float32, _restored_on_error(self) if self.teach_steps else contextlib.nullcontext():
             return self._teach_unroll_score(lambda: draw().to(dtype), fake.to(dtype), data.to(dtype))
 
     def _teach_unroll_score(self, draw: Callable[[], Tensor], fake: Tensor, data: Tensor) -> Tensor:
-        """Steps (1)-(3) of the module docstring, in the estimator's dtype."""
+        """Steps (1)-(3) of the module docstring, in the estimator's dtype.
+
+        Finiteness is checked with few host synchronisations: the inputs before the first teaching step (none
+        without teaching steps), everything else once at the end, where a failure names its first cause (a
+        failed call with teaching steps restores the estimator, see ``__call__``)."""
+        checks = _FiniteChecks(self)
+        checks.add("data", data)
+        checks.add("samples", fake.detach())
+        if self.teach_steps:
+            checks.raise_first()  # before anything changes
         # (1) teaching: ordinary maximum-likelihood steps on detached samples
         for step in range(self.teach_steps):
             x = fake.detach() if not self.resample else self._draw_detached(draw)
+            checks.add(f"resampled samples {step + 1}", x)
             self.optimizer.zero_grad(set_to_none=True)
             nll = -self._log_prob(self.estimator, x, "a teaching step").mean()
-            if self.check_finite and not bool(torch.isfinite(nll)):
-                raise FloatingPointError(
-                    f"the estimator's loss on the generator's samples is {nll.item()} at teaching step "
-                    f"{step + 1} of {self.teach_steps}, before that step was taken; lower the estimator's learning "
-                    "rate or check its log_prob on these samples."
-                )
+            checks.add(f"teaching step {step + 1}", nll.detach())
             nll.backward()
             if self.distributed:
                 _dist.mean_grads_(self.estimator.parameters())
@@ -218,16 +227,49 @@ class LBTLoss:
         # (2) K differentiable steps: theta_K(G)
         batches = [fake] + [draw() for _ in range(self.k - 1)] if self.resample else [fake] * self.k
         view = self.unroller(lambda e, t: -self._log_prob(e, batches[t], "an unrolled step").mean())
+        for t, inner in enumerate(self.unroller.losses):
+            checks.add(f"unrolled step {t + 1}", inner)
 
         # (3) the teacher's reward: likelihood of real data under theta_K
         log_p = self._log_prob(view, data, "the data")
-        if self.check_finite and not bool(torch.isfinite(log_p).all()):
-            raise FloatingPointError(
-                f"log p_E(data; theta_K) is not finite for {int((~torch.isfinite(log_p)).sum())} of "
-                f"{log_p.numel()} data points after {self.k} unrolled steps"
-            )
+        checks.add("data log-likelihood", log_p.detach())
+        checks.raise_first()
         per = data[0].numel() if self.reduction == "mean" else 1
         return (self.weight / per) * -log_p.mean()
+
+    def _fail(self, what: str, value: Tensor) -> BaseException:
+        """The error for the first non-finite value of a call, naming the cause and the fix."""
+        bad = int((~torch.isfinite(value)).sum())
+        if what == "data":
+            return ValueError(f"data contains {bad} NaN or infinite values; nothing was changed")
+        if what == "samples":
+            rows = int((~torch.isfinite(value)).flatten(1).any(1).sum())
+            return FloatingPointError(
+                f"{rows} of {value.shape[0]} generator samples contain NaN or inf; the estimator was not taught on "
+                "them and nothing was changed. The generator has diverged: lower its learning rate, or clip its "
+                "gradients."
+            )
+        if what.startswith("resampled"):
+            return FloatingPointError("a resampled batch of generator samples contains NaN or inf; nothing was changed")
+        if what.startswith("teaching"):
+            return FloatingPointError(
+                f"the estimator's loss on the generator's samples is {value.item()} at {what} of {self.teach_steps}; "
+                "the teaching steps were undone. Lower the estimator's learning rate or check its log_prob on these "
+                "samples."
+            )
+        if what.startswith("unrolled"):
+            return FloatingPointError(
+                f"the inner loss is {value.item()} at {what} of {self.k}; lower the optimizer's learning rate or "
+                "check the module's outputs."
+            )
+        return FloatingPointError(
+            f"log p_E(data; theta_K) is not finite for {bad} of {value.numel()} data points after {self.k} unrolled "
+            "steps"
+        )
+
+    @property
+    def _first_parameter(self) -> Tensor:
+        return next(self.estimator.parameters())
 
     # -- inputs -------------------------------------------------------------------
     def _check_data(self, data: Tensor) -> None:
@@ -241,13 +283,9 @@ class LBTLoss:
             )
         if data.shape[0] == 0 or data[0].numel() == 0:
             raise ValueError(f"data is empty (shape {tuple(data.shape)}): pass a batch of at least one sample")
-        device = next(self.estimator.parameters()).device
+        device = self._first_parameter.device
         if data.device != device:
             raise ValueError(f"data is on {data.device} and the estimator on {device}: move one of them")
-        if self.check_finite and not bool(torch.isfinite(data).all()):
-            raise ValueError(
-                f"data contains {int((~torch.isfinite(data)).sum())} NaN or infinite values; nothing was changed"
-            )
 
     def _sampler(self, generator: Generator, data: Tensor, z: Optional[Tensor]) -> Callable[[], Tensor]:
         """A function drawing the generator's samples (the same tensor every time for a tensor argument)."""
@@ -305,20 +343,10 @@ class LBTLoss:
                 "the generator's samples do not require grad, so the LBT loss cannot reach the generator: "
                 "do not .detach() them or create them under torch.no_grad()."
             )
-        if self.check_finite and not bool(torch.isfinite(fake).all()):
-            bad = int((~torch.isfinite(fake)).flatten(1).any(1).sum())
-            raise FloatingPointError(
-                f"{bad} of {fake.shape[0]} generator samples contain NaN or inf; the estimator was not taught on "
-                "them and nothing was changed. The generator has diverged: lower its learning rate, or clip its "
-                "gradients."
-            )
 
     def _draw_detached(self, draw: Callable[[], Tensor]) -> Tensor:
         with torch.no_grad():
-            x = draw()
-        if self.check_finite and not bool(torch.isfinite(x).all()):
-            raise FloatingPointError("a resampled batch of generator samples contains NaN or inf")
-        return x
+            return draw()
 
     @staticmethod
     def _log_prob(estimator: Union[nn.Module, UnrolledModule], x: Tensor, where: str) -> Tensor:
@@ -441,11 +469,32 @@ class _Snapshot:
 
 @contextlib.contextmanager
 def _restored_on_error(loss: LBTLoss) -> Iterator[None]:
-    """Puts the estimator and its optimizer back as they were when a call with teaching steps raises."""
-    snapshot = _Snapshot(loss) if loss.teach_steps else None
+    """Puts the estimator and its optimizer back as they were when the call's teaching steps are followed by an
+    error (without teaching steps, a call changes neither)."""
+    snapshot = _Snapshot(loss)
     try:
         yield
     except BaseException:
-        if snapshot is not None:
-            snapshot.restore()
+        snapshot.restore()
         raise
+
+
+class _FiniteChecks:
+    """The tensors of a call whose values must be finite, checked in one fused reduction and one host
+    synchronisation per :meth:`raise_first` (small models feel every extra op)."""
+
+    def __init__(self, loss: LBTLoss):
+        self.loss = loss
+        self.pending: List[Tuple[str, Tensor]] = []
+
+    def add(self, what: str, value: Tensor) -> None:
+        if self.loss.check_finite:
+            self.pending.append((what, value))
+
+    def raise_first(self) -> None:
+        """Raise the error of the first non-finite tensor added so far, if any."""
+        pending, self.pending = self.pending, []
+        if not pending or bool(torch.isfinite(torch.cat([v.reshape(-1) for _, v in pending])).all()):
+            return
+        what, value = next((w, v) for w, v in pending if not bool(torch.isfinite(v).all()))
+        raise self.loss._fail(what, value)

@@ -57,11 +57,14 @@ class UnrolledModule:
             return UnrolledModule(self._backend, self._module, f"{self._path}.{name}" if self._path else name)
         attr = getattr(target, name)  # what it is, read on the module itself
         if callable(attr) and not isinstance(attr, (Tensor, nn.Module)):
+            backend, path = self._backend, self._path  # not self: the view caches the method, and no cycle may form
+
             def method(*args: Any, **kwargs: Any) -> Any:
-                return self._backend.within(self._path, lambda m: getattr(m, name)(*args, **kwargs))
+                return backend.within(path, lambda m: getattr(m, name)(*args, **kwargs))
 
             method.__name__ = name
             method.__doc__ = getattr(attr, "__doc__", None)
+            object.__setattr__(self, name, method)  # the view is read-only and short-lived: look it up once
             return method
         # parameters (tied or parametrized ones too), buffers and properties: read with theta_K in place
         return self._backend.within(self._path, lambda m: getattr(m, name))
@@ -117,7 +120,7 @@ class Unroller:
 
     Call it with ``loss_fn(view) -> scalar`` or ``loss_fn(view, t) -> scalar``,
     evaluated at :math:`\\theta_t` for ``t = 0 .. k-1``; the result is the view at
-    :math:`\\theta_K`. With ``checkpoint=True`` the loss of step ``t`` is evaluated
+    :math:`\\theta_K`. ``unroller.losses`` then holds the K inner losses (detached). With ``checkpoint=True`` the loss of step ``t`` is evaluated
     again during backward: it must be a function of ``t`` (not of a counter).
     """
 
@@ -156,10 +159,10 @@ class Unroller:
         self.module, self.optimizer, self.k, self.backend = module, optimizer, k, backend
         self.truncate, self.checkpoint, self.check_finite = truncate, checkpoint, check_finite
         self.grad_reduce = grad_reduce
+        self.losses: List[Tensor] = []
 
     def __call__(self, loss_fn: Callable[..., Tensor]) -> UnrolledModule:
-        backend = BACKENDS[self.backend](self.module, self.optimizer, optimizer_index(self.module, self.optimizer),
-                                         self.grad_reduce)
+        backend = BACKENDS[self.backend](self.module, self.optimizer, self.grad_reduce)
         view = UnrolledModule(backend, self.module)
         with_t = _takes_step_index(loss_fn)
         constant_steps = self.k - (self.truncate or self.k)
@@ -178,6 +181,7 @@ class Unroller:
                 loss = loss_at()
                 backend.step(loss, create_graph=t >= constant_steps)
             losses.append(loss.detach())
+        self.losses = losses
         if self.check_finite:
             finite = torch.isfinite(torch.stack(losses))
             if not bool(finite.all()):

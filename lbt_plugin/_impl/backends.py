@@ -36,13 +36,14 @@ from . import rules
 GradReduce = Callable[[List[Optional[Tensor]]], List[Optional[Tensor]]]
 
 
-def optimizer_index(module: nn.Module, optimizer: torch.optim.Optimizer) -> List[List[int]]:
-    """For each param group, the positions of its parameters in ``module.parameters()``.
+def optimizer_index(module: nn.Module, optimizer: torch.optim.Optimizer,
+                    params: Optional[List[Tensor]] = None) -> List[List[int]]:
+    """For each param group, the positions of its parameters in ``module.parameters()`` (or ``params``, that list).
 
     Raises ``ValueError`` when the optimizer holds a tensor that is not one of the
     module's parameters (a common mistake: an optimizer built for another model).
     """
-    position = {id(p): i for i, p in enumerate(module.parameters())}
+    position = {id(p): i for i, p in enumerate(module.parameters() if params is None else params)}
     index: List[List[int]] = []
     for g, group in enumerate(optimizer.param_groups):
         ids = []
@@ -60,18 +61,16 @@ def optimizer_index(module: nn.Module, optimizer: torch.optim.Optimizer) -> List
 class FuncBackend:
     """Unroll with the module's own code, ``theta_t`` placed in its parameter slots, and ``torch.autograd.grad``."""
 
-    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, index: List[List[int]],
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer,
                  grad_reduce: Optional[GradReduce] = None):
         self.module = module
         self.grad_reduce = grad_reduce
         self.rule = rules.rule_for(optimizer)
         self.groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-        self.index = index
-        params = list(module.parameters())
+        params, buffers, self._param_slots, self._buffer_slots = _walk(module)  # one walk over the module
+        self.index = index = optimizer_index(module, optimizer, params)
         self.params: List[Tensor] = [p.detach().clone().requires_grad_(p.requires_grad) for p in params]
         self._trainable = [i for i, p in enumerate(params) if p.requires_grad]
-        buffers = list(module.buffers())
-        self._param_slots, self._buffer_slots = _slots(module, params, buffers)
         self.buffers: List[Tensor] = [b.detach().clone() for b in buffers]
         self.state = {
             i: rules.copy_state(optimizer, p)
@@ -156,24 +155,33 @@ class FuncBackend:
         return out[0]
 
 
-def _slots(module: nn.Module, params: List[Tensor],
-           buffers: List[Tensor]) -> Tuple[List[Tuple[Dict, str, int]], List[Tuple[Dict, str, int]]]:
-    """Every place a parameter or buffer of ``module`` lives, as ``(owner's dict, name, index)``.
+Slot = Tuple[Dict[str, Any], str, int]
 
-    Indices point into ``params`` (``module.parameters()``, shared tensors once) and ``buffers``
-    (``module.buffers()``); a tensor shared by two submodules has two slots and one index.
-    """
-    position = {id(p): i for i, p in enumerate(params)}
-    buffer_position = {id(b): i for i, b in enumerate(buffers)}
-    param_slots, buffer_slots = [], []
+
+def _walk(module: nn.Module) -> Tuple[List[Tensor], List[Tensor], List[Slot], List[Slot]]:
+    """``module.parameters()``, ``module.buffers()``, and every place each of them lives, as ``(owner's dict,
+    name, index)``: a tensor shared by two submodules has two slots and one index. One pass over the modules;
+    first appearances come in ``parameters()``'s and ``buffers()``' order."""
+    params: List[Tensor] = []
+    buffers: List[Tensor] = []
+    position: Dict[int, int] = {}
+    buffer_position: Dict[int, int] = {}
+    param_slots: List[Slot] = []
+    buffer_slots: List[Slot] = []
     for _, owner in module.named_modules(remove_duplicate=False):
         for key, p in owner._parameters.items():
             if p is not None:
+                if id(p) not in position:
+                    position[id(p)] = len(params)
+                    params.append(p)
                 param_slots.append((owner._parameters, key, position[id(p)]))
         for key, b in owner._buffers.items():
             if b is not None:
+                if id(b) not in buffer_position:
+                    buffer_position[id(b)] = len(buffers)
+                    buffers.append(b)
                 buffer_slots.append((owner._buffers, key, buffer_position[id(b)]))
-    return param_slots, buffer_slots
+    return params, buffers, param_slots, buffer_slots
 
 
 class _RuleOptimizer(higher.optim.DifferentiableOptimizer):
@@ -255,7 +263,7 @@ def patch(module: nn.Module) -> "higher.patch._MonkeyPatchBase":
 class HigherBackend:
     """Unroll with ``higher.monkeypatch`` and ``higher.optim.get_diff_optim``."""
 
-    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, index: List[List[int]],
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer,
                  grad_reduce: Optional[GradReduce] = None):
         rules.rule_for(optimizer)  # the same clear errors as the func backend
         # track_higher_grads=False on the *module* only keeps one list of fast weights
