@@ -59,7 +59,7 @@ from lbt_plugin.metrics import classifier_features, stacked_mode_stats, train_di
 
 METHODS = ("dcgan", "unrolled", "lbt-gan", "lbt-gan-tuned")
 NAMES = {"dcgan": "DCGAN", "unrolled": "Unrolled GAN", "lbt-gan": "LBT-GAN", "lbt-gan-tuned": "LBT-GAN (tuned)"}
-D_WIDTHS = {"quarter": (2, 4, 8), "half": (4, 8, 16)}
+D_WIDTHS = {"quarter": (2, 4, 8), "half": (4, 8, 16), "full": (8, 16, 32)}
 
 
 @dataclass
@@ -71,6 +71,8 @@ class Config:
     d_lr: float = 2e-4
     betas: Tuple[float, float] = (0.5, 0.99)
     d_width: str = "quarter"
+    arch: str = "pacgan"  # "pacgan": the networks above; "dcgan": examples/dcgan_lbt.py's, ndf = ngf x the width
+    ngf: int = 32  # arch "dcgan" only
     unroll_k: int = 5
     eval_every: int = 1000
     eval_samples: int = 26000
@@ -129,7 +131,16 @@ class Run:
     def __init__(self, method: str, seed: int, cfg: Config, lbt: Optional[Dict] = None):
         self.method, self.seed, self.cfg = method, seed, cfg
         torch.manual_seed(seed)
-        self.G, self.D = Generator(cfg.nz), Discriminator(D_WIDTHS[cfg.d_width])
+        if cfg.arch == "dcgan":
+            import dcgan_lbt
+
+            ratio = {"eighth": 8, "quarter": 4, "half": 2, "full": 1}[cfg.d_width]
+            self.G = dcgan_lbt.Generator(cfg.nz, cfg.ngf, 3, 28)
+            self.D = dcgan_lbt.Discriminator(cfg.ngf // ratio, 3, 28)
+            self.G.apply(dcgan_lbt.weights_init), self.D.apply(dcgan_lbt.weights_init)
+        else:
+            self.G, self.D = Generator(cfg.nz), Discriminator(D_WIDTHS[cfg.d_width])
+        self.z_shape = (cfg.nz, 1, 1) if cfg.arch == "dcgan" else (cfg.nz,)
         self.g_opt = torch.optim.Adam(self.G.parameters(), lr=cfg.g_lr, betas=cfg.betas)
         self.d_opt = torch.optim.Adam(self.D.parameters(), lr=cfg.d_lr, betas=cfg.betas)
         self.bce = nn.BCEWithLogitsLoss()
@@ -151,7 +162,7 @@ class Run:
     def step(self, data: Tensor) -> None:
         cfg = self.cfg
         real = data[torch.randint(len(data), (cfg.batch,), generator=self.gen)]
-        z = torch.randn(cfg.batch, cfg.nz, generator=self.gen)
+        z = torch.randn(cfg.batch, *self.z_shape, generator=self.gen)
         ones, zeros = torch.ones(cfg.batch), torch.zeros(cfg.batch)
         fake = self.G(z)
         self.d_opt.zero_grad(set_to_none=True)
@@ -173,7 +184,7 @@ class Run:
     def samples(self, n: int) -> Tensor:
         """``n`` samples from fixed latents, batch statistics in batches of ``cfg.batch`` (as PacGAN samples)."""
         gen = torch.Generator().manual_seed(2333)
-        return torch.cat([self.G(torch.randn(min(self.cfg.batch, n - i), self.cfg.nz, generator=gen))
+        return torch.cat([self.G(torch.randn(min(self.cfg.batch, n - i), *self.z_shape, generator=gen))
                           for i in range(0, n, self.cfg.batch)])
 
     def state_dict(self) -> Dict:
