@@ -4,23 +4,27 @@
     python benchmarks/stacked_fashion.py --quick         # minutes: the same protocol, tiny budget, 1 seed
     python benchmarks/stacked_fashion.py --runs DIR      # continue an interrupted benchmark; finished runs are reused
 
-The protocol is the Unrolled GAN paper's Stacked MNIST experiment as PacGAN's code runs it
-(github fjxmlzn/PacGAN, ``unrolled_GAN_experiment``), where a discriminator of reduced capacity
-makes a DCGAN drop modes on purpose: three random digits as the three channels of one
-28 x 28 image (1000 modes), a DCGAN-style generator (z of 256 -> 4x4x64 -> deconvolutions to
-7x7x32, 14x14x16, 28x28x8 -> 3 channels), a discriminator of three stride-2 convolutions whose
-widths are a quarter (2, 4, 8) or a half (4, 8, 16) of the generator's mirrored layers, Adam
-(D 2e-4, G 1e-4, betas 0.5 / 0.99), batch 128, one D and one G update per iteration. Fashion-MNIST
-stands in for MNIST (the only digit set offline here), and the budget is far smaller than the
-paper's 500,000 iterations (docs/results.md says how much, and shows the curves).
+The protocol is the Stacked MNIST experiment of the Unrolled GAN paper as PacGAN's code runs it
+(github fjxmlzn/PacGAN, ``unrolled_GAN_experiment``), where a discriminator narrower than the
+generator makes a DCGAN drop modes on purpose: three random digits as the three channels of one
+28 x 28 image (1000 modes), a DCGAN generator, and a discriminator a quarter (``--d-width quarter``,
+the default) or a half as wide as the standard one. The networks are ``examples/dcgan_lbt.py``'s
+DCGAN (``--arch dcgan``: generator width ``ngf`` = 32, and discriminator width ``ngf / 4`` = 8 where
+the example's standard is ``ndf = ngf``), trained as that example trains them (Adam 2e-4, betas
+0.5 / 0.999, batch 64, z of 100);
+PacGAN's own small networks (``--arch pacgan``: z of 256 -> 4x4x64 -> 3x3 deconvolutions to
+7x7x32, 14x14x16, 28x28x8 -> 3 channels; discriminator widths 2, 4, 8; Adam G 1e-4, D 2e-4,
+batch 128) are kept for comparison. Fashion-MNIST stands in for MNIST (the only digit set offline
+here), and the budget is far smaller than the paper's 500,000 iterations (docs/results.md).
 
 Methods (the same networks, optimizers, data order and number of generator updates):
 
 - ``dcgan``: the non-saturating GAN loss;
 - ``unrolled``: the generator loss through 5 unrolled discriminator steps (``lbt_plugin.Unroller``);
-- ``lbt-gan``: GAN loss + ``LBTLoss(estimator, k=5)`` with the package's defaults (``ConvVAE``
-  estimator, its default Adam, ``teach_steps=1``, ``weight=1``: nats per dimension);
-- ``lbt-gan-tuned``: the best setting found (``TUNED``; the search is in docs/results.md).
+- ``lbt-gan``: GAN loss + ``LBTLoss(estimator, k=5)`` with the package's defaults and the example's
+  estimator (``ConvVAE(3, 28)``, its default Adam, ``teach_steps=1``, ``weight=1``: nats per dimension);
+- ``lbt-gan-small``: the same with a small estimator (``SMALL``: 8 base channels, latent 16, three
+  teaching steps), about half the cost.
 
 Metrics, from 26,000 samples (the Stacked MNIST protocol) at every evaluation: modes with at least
 one sample and KL(mode histogram || uniform), by the package's digit classifier trained on
@@ -57,29 +61,35 @@ from lbt_plugin.data import load_digits  # noqa: E402
 from lbt_plugin.estimators import ConvVAE  # noqa: E402
 from lbt_plugin.metrics import classifier_features, stacked_mode_stats, train_digit_classifier  # noqa: E402
 
-METHODS = ("dcgan", "unrolled", "lbt-gan", "lbt-gan-tuned")
-NAMES = {"dcgan": "DCGAN", "unrolled": "Unrolled GAN", "lbt-gan": "LBT-GAN", "lbt-gan-tuned": "LBT-GAN (tuned)"}
+METHODS = ("dcgan", "unrolled", "lbt-gan", "lbt-gan-small")
+NAMES = {"dcgan": "DCGAN", "unrolled": "Unrolled GAN", "lbt-gan": "LBT-GAN",
+         "lbt-gan-small": "LBT-GAN (small estimator)"}
+#: PacGAN's discriminator widths, against its generator's 8, 16, 32.
 D_WIDTHS = {"quarter": (2, 4, 8), "half": (4, 8, 16), "full": (8, 16, 32)}
+#: The DCGAN discriminator's width as a fraction of the generator's.
+D_RATIO = {"eighth": 8, "quarter": 4, "half": 2, "full": 1}
 
 
 @dataclass
 class Config:
-    steps: int = 6000
-    batch: int = 128
-    nz: int = 256
-    g_lr: float = 1e-4
-    d_lr: float = 2e-4
-    betas: Tuple[float, float] = (0.5, 0.99)
+    steps: int = 5000
+    arch: str = "dcgan"  # "dcgan": examples/dcgan_lbt.py's networks; "pacgan": PacGAN's (below)
+    ngf: int = 32  # arch "dcgan": generator width; the discriminator's is ngf / 4 (quarter), / 2 (half), ...
     d_width: str = "quarter"
-    arch: str = "pacgan"  # "pacgan": the networks above; "dcgan": examples/dcgan_lbt.py's, ndf = ngf x the width
-    ngf: int = 32  # arch "dcgan" only
+    batch: int = 64
+    nz: int = 100
+    g_lr: float = 2e-4
+    d_lr: float = 2e-4
+    betas: Tuple[float, float] = (0.5, 0.999)
     unroll_k: int = 5
     eval_every: int = 1000
     eval_samples: int = 26000
 
 
-#: LBTLoss and estimator settings of "lbt-gan-tuned" (chosen by the search in docs/results.md).
-TUNED: Dict = dict(estimator=dict(latent_dim=16, base=8), k=5, teach_steps=3, weight=1.0, optimizer="adam",
+#: PacGAN's own setting of this experiment (``--arch pacgan``).
+PACGAN = dict(arch="pacgan", batch=128, nz=256, g_lr=1e-4, d_lr=2e-4, betas=(0.5, 0.99))
+#: "lbt-gan-small": a small estimator (latent 16, 8 base channels), three teaching steps, Adam 1e-3.
+SMALL: Dict = dict(estimator=dict(latent_dim=16, base=8), k=5, teach_steps=3, weight=1.0, optimizer="adam",
                    est_lr=1e-3, warmup=0)
 #: "lbt-gan": the package's defaults, the estimator the example uses.
 DEFAULT: Dict = dict(estimator=dict(), k=5, teach_steps=1, weight=1.0, optimizer="default", est_lr=3e-4, warmup=0)
@@ -134,7 +144,7 @@ class Run:
         if cfg.arch == "dcgan":
             import dcgan_lbt
 
-            ratio = {"eighth": 8, "quarter": 4, "half": 2, "full": 1}[cfg.d_width]
+            ratio = D_RATIO[cfg.d_width]
             self.G = dcgan_lbt.Generator(cfg.nz, cfg.ngf, 3, 28)
             self.D = dcgan_lbt.Discriminator(cfg.ngf // ratio, 3, 28)
             self.G.apply(dcgan_lbt.weights_init), self.D.apply(dcgan_lbt.weights_init)
@@ -146,7 +156,7 @@ class Run:
         self.bce = nn.BCEWithLogitsLoss()
         self.unroll = Unroller(self.D, self.d_opt, k=cfg.unroll_k) if method == "unrolled" else None
         self.lbt: Optional[LBTLoss] = None
-        self.settings = lbt or (TUNED if method == "lbt-gan-tuned" else DEFAULT)
+        self.settings = lbt or (SMALL if method == "lbt-gan-small" else DEFAULT)
         if method.startswith("lbt"):
             s = self.settings
             self.E = ConvVAE(3, 28, **s["estimator"])
@@ -357,7 +367,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--steps", type=int, default=cfg.steps, help="generator updates per run")
     p.add_argument("--eval-every", type=int, default=cfg.eval_every)
     p.add_argument("--eval-samples", type=int, default=cfg.eval_samples)
-    p.add_argument("--d-width", choices=sorted(D_WIDTHS), default=cfg.d_width)
+    p.add_argument("--d-width", choices=sorted(D_RATIO), default=cfg.d_width)
+    p.add_argument("--arch", choices=["dcgan", "pacgan"], default=cfg.arch,
+                   help="dcgan: examples/dcgan_lbt.py's networks (default); pacgan: PacGAN's, with its optimizers")
     p.add_argument("--quick", action="store_true", help="1 seed, 200 updates, 2,000 samples: a minutes-long look")
     p.add_argument("--data-root", type=Path, default=None)
     p.add_argument("--runs", type=Path, default=Path("runs/stacked_fashion"), help="checkpoints; rerun to continue")
@@ -370,6 +382,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         args.seeds, args.steps, args.eval_every, args.eval_samples = 1, 200, 100, 2000
     if min(args.seeds, args.steps, args.eval_every, args.jobs, args.eval_samples) < 1:
         p.error("--seeds, --steps, --eval-every, --eval-samples and --jobs must be >= 1")
+    if args.arch == "pacgan":
+        if args.d_width not in D_WIDTHS:
+            p.error(f"--arch pacgan takes --d-width {' / '.join(D_WIDTHS)}")
+        cfg = dataclasses.replace(cfg, **PACGAN)
     cfg = dataclasses.replace(cfg, steps=args.steps, eval_every=min(args.eval_every, args.steps),
                               eval_samples=args.eval_samples, d_width=args.d_width)
     args.runs.mkdir(parents=True, exist_ok=True)
@@ -393,7 +409,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                        f"{res['seconds'] / 60:.1f} min")
     plots(results, args.methods, args.out)
     body = table(results, args.methods)
-    cmd = f"python benchmarks/stacked_fashion.py --seeds {args.seeds} --steps {args.steps} --d-width {args.d_width}"
+    cmd = (f"python benchmarks/stacked_fashion.py --seeds {args.seeds} --steps {args.steps} --arch {args.arch} "
+           f"--d-width {args.d_width}")
     if args.methods != list(METHODS):
         cmd += " --methods " + " ".join(args.methods)
     footer = (f"\n\n{args.seeds} seeds, {args.steps} generator updates per run, batch {cfg.batch}, "

@@ -17,7 +17,11 @@ def test_networks_follow_the_reduced_discriminator_protocol():
     assert x.shape == (4, 3, 28, 28) and x.abs().max() <= 1
     assert D(x).shape == (4,)
     convs = [m for m in D.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert [c.out_channels for c in convs] == [2, 4, 8]  # a quarter of the generator's 8, 16, 32
+    assert [c.out_channels for c in convs] == [2, 4, 8]  # PacGAN's: a quarter of the generator's 8, 16, 32
+    cfg = sf.Config()  # the default: the example's DCGAN, the discriminator a quarter of the standard width
+    run = sf.Run("dcgan", 0, cfg)
+    d_convs = [m.out_channels for m in run.D.modules() if isinstance(m, torch.nn.Conv2d)][:2]
+    assert d_convs == [cfg.ngf // 4, 2 * cfg.ngf // 4]  # the example's standard discriminator: ndf = ngf
 
 
 def test_classifier_features_are_the_penultimate_layer_per_channel():
@@ -39,7 +43,7 @@ def test_benchmark_end_to_end_and_resume(digits, tmp_path):
     text = results.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ") and "method" not in line
             and not line.startswith("|---")]
-    assert [r.split(" | ")[0] for r in rows] == ["| DCGAN", "| Unrolled GAN", "| LBT-GAN", "| LBT-GAN (tuned)"]
+    assert [r.split(" | ")[0] for r in rows] == ["| DCGAN", "| Unrolled GAN", "| LBT-GAN", "| LBT-GAN (small estimator)"]
     assert "1 seeds, 2 generator updates" in text
     for name in ("stacked_curves.png", "stacked_histogram.png", "stacked_dcgan.png", "stacked_lbt_gan.png"):
         assert (tmp_path / "img" / name).stat().st_size > 500
@@ -54,7 +58,7 @@ def test_an_interrupted_run_continues_exactly(digits, tmp_path, monkeypatch):
 
     train_digit_classifier(images, torch.arange(64) % 10, epochs=1, cache=str(clf_path), progress=False)
     cfg = sf.Config(steps=4, eval_every=2, eval_samples=40)
-    whole = sf.train("lbt-gan-tuned", 0, cfg, tmp_path / "a", digits, clf_path)
+    whole = sf.train("lbt-gan-small", 0, cfg, tmp_path / "a", digits, clf_path)
     step, calls = sf.Run.step, {"n": 0}
 
     def dies_at_step_3(self, data):
@@ -65,11 +69,11 @@ def test_an_interrupted_run_continues_exactly(digits, tmp_path, monkeypatch):
 
     monkeypatch.setattr(sf.Run, "step", dies_at_step_3)
     try:
-        sf.train("lbt-gan-tuned", 0, cfg, tmp_path / "b", digits, clf_path)
+        sf.train("lbt-gan-small", 0, cfg, tmp_path / "b", digits, clf_path)
     except KeyboardInterrupt:
         pass
     monkeypatch.setattr(sf.Run, "step", step)
-    resumed = sf.train("lbt-gan-tuned", 0, cfg, tmp_path / "b", digits, clf_path)
+    resumed = sf.train("lbt-gan-small", 0, cfg, tmp_path / "b", digits, clf_path)
     assert [h["step"] for h in resumed["history"]] == [2, 4]
     assert torch.equal(whole["grid"], resumed["grid"])
     assert whole["history"][-1]["counts"] == resumed["history"][-1]["counts"]
