@@ -39,13 +39,10 @@ import argparse
 import dataclasses
 import math
 import multiprocessing as mp
-import os
-import re
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -60,6 +57,8 @@ from lbt_plugin import LBTLoss, Unroller  # noqa: E402
 from lbt_plugin.data import load_digits  # noqa: E402
 from lbt_plugin.estimators import ConvVAE  # noqa: E402
 from lbt_plugin.metrics import classifier_features, stacked_mode_stats, train_digit_classifier  # noqa: E402
+from dcgan_lbt import save_checkpoint  # noqa: E402  (atomic: a crash while saving keeps the last good one)
+from mode_collapse_2d import mean_se, write_results  # noqa: E402  (the 2-D benchmark's table helpers)
 
 METHODS = ("dcgan", "unrolled", "lbt-gan", "lbt-gan-small")
 NAMES = {"dcgan": "DCGAN", "unrolled": "Unrolled GAN", "lbt-gan": "LBT-GAN",
@@ -254,14 +253,6 @@ def _gaussian(features: Tensor):
     return f.mean(0), np.cov(f, rowvar=False)
 
 
-def _save(path: Path, state: Dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        torch.save(state, f)
-    os.replace(tmp, path)
-
-
 def train(method: str, seed: int, cfg: Config, runs: Path, data_root: Optional[Path], classifier_path: Path,
           lbt: Optional[Dict] = None, name: Optional[str] = None, progress: bool = False) -> Dict:
     """Train (or continue) one run, evaluating every ``eval_every`` updates; returns its history and samples."""
@@ -284,20 +275,12 @@ def train(method: str, seed: int, cfg: Config, runs: Path, data_root: Optional[P
         seconds += time.perf_counter() - t0
         run.history.append({"step": run.step_count, "seconds": seconds, **evaluate(run.samples(cfg.eval_samples))})
         bar.update(run.step_count - bar.n)
-        _save(path, {**run.state_dict(), "seconds": seconds})
+        save_checkpoint(path, {**run.state_dict(), "seconds": seconds})
     bar.close()
     return {"history": run.history, "grid": run.samples(64), "seconds": seconds}
 
 
 # ----------------------------------------------------------------------------- reporting
-def mean_se(xs: Sequence[float], digits: int = 2) -> str:
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return f"{m:.{digits}f}"
-    se = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
-    return f"{m:.{digits}f} ± {se:.{digits}f}"
-
-
 def table(results: Dict[str, List[Dict]], methods: Sequence[str]) -> str:
     lines = ["| method | modes | KL | classifier FD | confidence | minutes per run | per seed: modes / KL / FD |",
              "|---|---|---|---|---|---|---|"]
@@ -348,15 +331,6 @@ def plots(results: Dict[str, List[Dict]], methods: Sequence[str], out: Path) -> 
     for m in methods:
         vutils.save_image(results[m][0]["grid"], out / f"stacked_{m.replace('-', '_')}.png", nrow=8, normalize=True,
                           value_range=(-1, 1))
-
-
-def write_results(md_path: Path, body: str, name: str = "stacked-table") -> None:
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = md_path.read_text() if md_path.exists() else f"# Results\n\n{start}\n{end}\n"
-    if start not in text:
-        text += f"\n{start}\n{end}\n"
-    text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{body}\n{end}", text, flags=re.S)
-    md_path.write_text(text)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
