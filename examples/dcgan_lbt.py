@@ -14,6 +14,7 @@ also ``mnist``, ``cifar10``, ``folder`` (an ImageFolder) and ``stacked-`` varian
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import random
 import sys
@@ -376,6 +377,8 @@ def main(argv=None) -> Path:
         import torch.distributed as dist
 
         dist.barrier()  # rank 0 has written the last checkpoint
+        netG = netD = None  # free the DDP wrappers before their process group (else gloo can abort at exit)
+        gc.collect()
         dist.destroy_process_group()
     if rank == 0:
         print(f"samples in {args.out}/samples_*.png, checkpoint {ckpt}", file=sys.stderr)

@@ -1,4 +1,5 @@
 """LBT with DistributedDataParallel on 2 CPU processes (gloo) equals 1 process on the global batch."""
+import gc
 import os
 import sys
 from pathlib import Path
@@ -49,6 +50,11 @@ def _worker(rank, world, init_file, out, backend):
         _train(ddp, est, _batches(), backend, rank, world)
         torch.save({"gen": gen.state_dict(), "est": est.state_dict()}, os.path.join(out, f"rank{rank}.pt"))
     finally:
+        # DDP's reducer must be freed before its process group: a wrapper that outlives
+        # destroy_process_group() aborted the process at exit in about 1 run in 3
+        # ("terminate called without an active exception").
+        ddp = None
+        gc.collect()
         dist.destroy_process_group()
 
 
