@@ -43,7 +43,8 @@ def _fid(text):
 
 def test_cli_fid_equals_pytorch_fid_command(planted):
     home, _, (a, b) = planted
-    env = {**os.environ, "TORCH_HOME": str(home)}
+    # the same number of threads on both sides: the same float32 sums in the same order, so the same FID
+    env = {**os.environ, "TORCH_HOME": str(home), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     ref = subprocess.run([sys.executable, "-m", "pytorch_fid", a, b, "--device", "cpu", "--batch-size", "3",
                           "--dims", "64", "--num-workers", "0"], capture_output=True, text=True, env=env, timeout=300)
     assert ref.returncode == 0, ref.stderr
