@@ -33,7 +33,8 @@ def grad_of(G, est, data, z, make_opt, autocast, guarded):
     torch.manual_seed(1)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         if guarded:
-            loss = LBTLoss(est, k=3, optimizer=make_opt(est), teach_steps=0)(G, data, z=z)
+            loss = LBTLoss(est, k=3, optimizer=make_opt(est), teach_steps=0,  # the summed form, as below
+                           reduction="batchmean")(G, data, z=z)
         else:
             fake = G(z)
             view = Unroller(est, make_opt(est), 3)(lambda e: -e.log_prob(fake).mean())

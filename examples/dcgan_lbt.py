@@ -6,8 +6,9 @@
     python examples/dcgan_lbt.py --resume out/dcgan_lbt/checkpoint.pt --steps 2000
     torchrun --nproc_per_node 2 examples/dcgan_lbt.py --steps 100   # DDP; --batch-size is the global batch
 
-Data: Fashion-MNIST from Debian's path (/usr/share/datasets/fashion-mnist, package
-``dataset-fashion-mnist``) or ``--data-root``, else torchvision's download when online;
+Data: Fashion-MNIST from ``--data-root``, Debian's path (/usr/share/datasets/fashion-mnist, package
+``dataset-fashion-mnist``) or ./data; where they are nowhere, downloaded once into ./data from
+torchvision's mirrors or Debian's archive (SHA256 pinned; lbt_plugin.data);
 also ``mnist``, ``cifar10``, ``folder`` (an ImageFolder) and ``stacked-`` variants
 (three digits as RGB channels: 1000 modes).
 """

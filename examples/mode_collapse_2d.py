@@ -1,6 +1,6 @@
 """GAN, Unrolled GAN, LBT and LBT-GAN on the 2-D ring and grid: the mode-collapse benchmark.
 
-    python examples/mode_collapse_2d.py                     # the converged table: 4 methods x 2 datasets x 5 seeds
+    python examples/mode_collapse_2d.py                     # docs/results.md's table: 4 methods x 2 datasets x 5 seeds
     python examples/mode_collapse_2d.py --quick             # a minutes-long look at the same protocol
     python examples/mode_collapse_2d.py --runs runs/2d      # resume: finished runs are reused, others continue
 
