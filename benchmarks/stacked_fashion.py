@@ -1,6 +1,6 @@
 """Stacked Fashion-MNIST with a reduced discriminator: DCGAN, Unrolled GAN and LBT-GAN, several seeds, resumable.
 
-    python benchmarks/stacked_fashion.py                 # the table in docs/results.md (about 2 hours on 2 cores)
+    python benchmarks/stacked_fashion.py                 # all four methods (docs/results.md ran the first three: 9 runs, about 2 hours on 2 cores)
     python benchmarks/stacked_fashion.py --quick         # minutes: the same protocol, tiny budget, 1 seed
     python benchmarks/stacked_fashion.py --runs DIR      # continue an interrupted benchmark; finished runs are reused
 
@@ -24,7 +24,7 @@ Methods (the same networks, optimizers, data order and number of generator updat
 - ``lbt-gan``: GAN loss + ``LBTLoss(estimator, k=5)`` with the package's defaults and the example's
   estimator (``ConvVAE(3, 28)``, its default Adam, ``teach_steps=1``, ``weight=1``: nats per dimension);
 - ``lbt-gan-small``: the same with a small estimator (``SMALL``: 8 base channels, latent 16, three
-  teaching steps), about half the cost.
+  teaching steps), cheaper (not in docs/results.md's table).
 
 Metrics, from 26,000 samples (the Stacked MNIST protocol) at every evaluation: modes with at least
 one sample and KL(mode histogram || uniform), by the package's digit classifier trained on
