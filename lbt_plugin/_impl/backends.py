@@ -158,29 +158,30 @@ class FuncBackend:
 Slot = Tuple[Dict[str, Any], str, int]
 
 
+def _gather(store: Dict[str, Optional[Tensor]], index: Dict[int, int], found: List[Tensor],
+            slots: List[Slot]) -> None:
+    """Append ``store``'s tensors not seen before to ``found`` and one slot per entry to ``slots``."""
+    for key, t in store.items():
+        if t is not None:
+            if id(t) not in index:
+                index[id(t)] = len(found)
+                found.append(t)
+            slots.append((store, key, index[id(t)]))
+
+
 def _walk(module: nn.Module) -> Tuple[List[Tensor], List[Tensor], List[Slot], List[Slot]]:
     """``module.parameters()``, ``module.buffers()``, and every place each of them lives, as ``(owner's dict,
     name, index)``: a tensor shared by two submodules has two slots and one index. One pass over the modules;
     first appearances come in ``parameters()``'s and ``buffers()``' order."""
     params: List[Tensor] = []
     buffers: List[Tensor] = []
-    position: Dict[int, int] = {}
-    buffer_position: Dict[int, int] = {}
     param_slots: List[Slot] = []
     buffer_slots: List[Slot] = []
+    param_index: Dict[int, int] = {}
+    buffer_index: Dict[int, int] = {}
     for _, owner in module.named_modules(remove_duplicate=False):
-        for key, p in owner._parameters.items():
-            if p is not None:
-                if id(p) not in position:
-                    position[id(p)] = len(params)
-                    params.append(p)
-                param_slots.append((owner._parameters, key, position[id(p)]))
-        for key, b in owner._buffers.items():
-            if b is not None:
-                if id(b) not in buffer_position:
-                    buffer_position[id(b)] = len(buffers)
-                    buffers.append(b)
-                buffer_slots.append((owner._buffers, key, buffer_position[id(b)]))
+        _gather(owner._parameters, param_index, params, param_slots)
+        _gather(owner._buffers, buffer_index, buffers, buffer_slots)
     return params, buffers, param_slots, buffer_slots
 
 
