@@ -110,16 +110,17 @@ def forward_exactness(
 
 def _float64_problem(
     estimator: nn.Module, optimizer_factory: OptimizerFactory, generator: nn.Module, data: Tensor, z: Tensor,
-    k: int, backend: str, seed: int, warmup: int,
+    k: int, backend: str, seed: int, warmup: int, **options: Any,
 ) -> Tuple[Callable[[], Tensor], List[Tensor], Tensor]:
     """On float64 copies: the seeded LBT loss as a function of the generator's parameters, those
-    parameters, and its flat gradient. ``warmup`` teaching steps first give the optimizer a state."""
+    parameters, and its flat gradient. ``warmup`` teaching steps first give the optimizer a state;
+    ``options`` go to ``LBTLoss`` (``truncate=``, ``checkpoint=``)."""
     est, gen = copy.deepcopy(estimator).double(), copy.deepcopy(generator).double()
     data, z = data.double(), z.double()
     opt = optimizer_factory(est)
     if warmup:
         _seeded(lambda: LBTLoss(est, k=1, optimizer=opt, teach_steps=warmup)(gen, data, z=z), seed, data.device)
-    lbt = LBTLoss(est, k=k, optimizer=opt, teach_steps=0, backend=backend)
+    lbt = LBTLoss(est, k=k, optimizer=opt, teach_steps=0, backend=backend, **options)
     f = lambda: _seeded(lambda: lbt(gen, data, z=z), seed, data.device)  # noqa: E731
     params = [p for p in gen.parameters() if p.requires_grad]
     return f, params, _flat(torch.autograd.grad(f(), params, allow_unused=True), params)
@@ -128,6 +129,7 @@ def _float64_problem(
 def hypergradient_error(
     estimator: nn.Module, optimizer_factory: OptimizerFactory, generator: nn.Module, data: Tensor, z: Tensor,
     k: int, backend: str, steps: Sequence[float] = (1e-2, 1e-3, 1e-4, 1e-5), seed: int = 0, warmup: int = 2,
+    **options: Any,
 ) -> Tuple[float, Tensor]:
     """Relative error of the LBT hypergradient against finite differences (float64).
 
@@ -138,9 +140,12 @@ def hypergradient_error(
     error is taken at the best h of ``steps``; a wrong gradient agrees at none.
     ``warmup`` teaching steps first give the optimizer a state, as in training
     (from a fresh state Adam's first step is nearly ``lr * sign(g)`` and the
-    hypergradient nearly zero). Returns the larger relative error and the gradient.
+    hypergradient nearly zero). ``options`` go to ``LBTLoss``: the loss's value does not depend on
+    ``truncate`` or ``checkpoint``, so its differences measure the exact gradient whatever the backward
+    pass does. Returns the larger relative error and the gradient.
     """
-    f, params, g = _float64_problem(estimator, optimizer_factory, generator, data, z, k, backend, seed, warmup)
+    f, params, g = _float64_problem(estimator, optimizer_factory, generator, data, z, k, backend, seed, warmup,
+                                    **options)
     if not torch.isfinite(g).all() or g.norm() == 0:
         return math.inf, g
     gen_r = torch.Generator(device="cpu").manual_seed(seed)

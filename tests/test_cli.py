@@ -23,7 +23,19 @@ def test_check_passes_on_defaults_with_a_table():
     for row in ("theta_K == torch.optim steps", "hypergradient vs finite diff.", "higher == func",
                 "generator params reached", "teach_steps=0 changes nothing"):
         assert row in result.output
-    assert "FAIL" not in result.output and "all 26 checks passed" in result.output
+    # one row per check and setting: contract and side effects per optimizer, then per optimizer and K the
+    # forward and FD rows per backend and one agreement row, then reach and finiteness
+    rows = [line for line in result.output.splitlines()[2:] if line.strip() and not line.startswith("all ")]
+    settings = [f"{opt}, K={k}" for opt in ("sgd", "adam") for k in (1, 5)]
+    for setting in settings:
+        for backend in ("func", "higher"):
+            for check in ("theta_K == torch.optim steps", "hypergradient vs finite diff."):
+                assert sum(check in r and f"{setting}, {backend}" in r and "PASS" in r for r in rows) == 1, \
+                    (check, setting, backend)
+        assert sum("higher == func" in r and setting in r and "PASS" in r for r in rows) == 1, setting
+    assert "FAIL" not in result.output and all(" PASS" in r for r in rows)
+    assert len(rows) == 2 * 2 + len(settings) * 5 + 2
+    assert f"all {len(rows)} checks passed" in result.output
 
 
 def test_check_on_user_models_by_module_path():
