@@ -9,9 +9,10 @@ fall on one mode.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -116,11 +117,10 @@ def fid(source_a: str, source_b: str, *, weights: Optional[str] = None, dims: in
     to a temporary folder first, so that pytorch-fid reads every source the same way. The value
     is ``pytorch_fid.fid_score.calculate_fid_given_paths``'s; between two ``.npz`` files it is
     ``calculate_frechet_distance`` of their statistics, and no Inception weights are needed. The
-    FID Inception weights come from the torch hub cache (``$TORCH_HOME/hub/checkpoints/``, filled
-    by pytorch-fid's first online run) or from ``weights``, a path to that file, linked into a
-    temporary hub cache so that pytorch-fid loads it the usual way.
+    FID Inception weights come from ``weights``, a path to that file, or from the torch hub cache
+    (``$TORCH_HOME/hub/checkpoints/``), where they are downloaded once when missing; either way they
+    are read as data (tensors only, sizes checked), never unpickled as pytorch-fid itself does.
     """
-    import os
     import tempfile
     from pathlib import Path
 
@@ -134,30 +134,81 @@ def fid(source_a: str, source_b: str, *, weights: Optional[str] = None, dims: in
             raise ValueError(f"the two .npz files hold statistics of different dimensions ({mu1.shape[0]} and "
                              f"{mu2.shape[0]})")
         return float(calculate_frechet_distance(mu1, s1, mu2, s2))
-    home = os.environ.get("TORCH_HOME")
-    with tempfile.TemporaryDirectory() as tmp:
+    weights_path = Path(weights) if weights is not None else Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_FILE
+    with tempfile.TemporaryDirectory() as tmp, _fid_weights_as_data(weights_path, download=weights is None):
         paths = [_fid_source(s, Path(tmp) / f"source{i}", num_samples, data_root, device, generator_loader, dims)
                  for i, s in enumerate((source_a, source_b))]
-        if weights is not None:
-            cache = Path(tmp) / "hub" / "checkpoints"
-            cache.mkdir(parents=True)
-            (cache / FID_WEIGHTS_FILE).symlink_to(Path(weights).resolve())
-            os.environ["TORCH_HOME"] = tmp
-        try:
-            return float(calculate_fid_given_paths(paths, batch_size, device, dims, num_workers))
-        except OSError as exc:  # urllib's URLError is an OSError: offline without cached weights
-            if "urlopen" in str(exc) or "Network" in str(exc) or "resolution" in str(exc) or "URL" in type(exc).__name__:
+        return float(calculate_fid_given_paths(paths, batch_size, device, dims, num_workers))
+
+
+#: The FID Inception weights file is about 91 MiB; anything much larger is not it (and is not read).
+_FID_WEIGHTS_MAX_BYTES = 256 * 2**20
+
+
+@contextlib.contextmanager
+def _fid_weights_as_data(path: "Path", download: bool) -> Iterator[None]:
+    """While active, pytorch-fid's Inception network gets its weights from ``path``, read as data.
+
+    pytorch-fid loads them with ``torch.hub.load_state_dict_from_url``, which unpickles the file in full: a
+    planted file runs code. Here the file is read with ``torch.load(weights_only=True)`` (tensors and plain
+    containers only; anything else is refused), its size is bounded before reading, and the state dict is
+    loaded by pytorch-fid's own ``load_state_dict`` (strict: every key and shape of the network). A file whose
+    SHA256 does not start with the hash in its reference name (``6726825d``) is used with a warning: its FIDs
+    are not comparable to published ones. Missing in the hub cache (``download``), the file is downloaded
+    once as pytorch-fid does, then read the same way.
+    """
+    import hashlib
+    import warnings
+    from pathlib import Path
+
+    import pytorch_fid.inception as inception
+
+    path = Path(path)
+
+    def load(url: str, *args: Any, **kwargs: Any) -> Dict[str, Tensor]:
+        if not path.exists() and download:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                torch.hub.download_url_to_file(url, str(path), progress=True)
+            except OSError as exc:  # urllib's URLError is an OSError: offline
                 raise RuntimeError(
-                    f"the FID Inception weights ({FID_WEIGHTS_FILE}) are not in the torch hub cache and this machine "
-                    "cannot download them: run once online (pytorch-fid downloads them), or pass --weights PATH."
+                    f"the FID Inception weights ({FID_WEIGHTS_FILE}) are not in the torch hub cache ({path.parent}) "
+                    f"and could not be downloaded ({type(exc).__name__}: {exc}): run once online (pytorch-fid "
+                    "downloads them), or pass --weights PATH."
                 ) from None
-            raise
-        finally:
-            if weights is not None:
-                if home is None:
-                    os.environ.pop("TORCH_HOME", None)
-                else:
-                    os.environ["TORCH_HOME"] = home
+        if not path.is_file():
+            raise FileNotFoundError(f"no FID Inception weights at {path} (a regular file is needed)")
+        size = path.stat().st_size
+        if size > _FID_WEIGHTS_MAX_BYTES:
+            raise ValueError(f"{path} has {size} bytes; the FID Inception weights have about 91 MiB: not read")
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"{path} is not a file of FID Inception weights: it cannot be read as tensors only "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); nothing in "
+                             "it was run") from None
+        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+            raise ValueError(f"{path} is not a state dict of tensors (FID Inception weights)")
+        reference = FID_WEIGHTS_FILE.rsplit("-", 1)[1].split(".")[0]
+        if not digest.startswith(reference):
+            warnings.warn(f"{path} is not the reference FID Inception weights file (its SHA256 starts with "
+                          f"{digest[:8]}, not {reference}): these FIDs are not comparable to published ones",
+                          stacklevel=2)
+        return state
+
+    original = inception.load_state_dict_from_url
+    inception.load_state_dict_from_url = load
+    try:
+        yield
+    except RuntimeError as exc:
+        if "Error(s) in loading state_dict" in str(exc):
+            raise ValueError(f"{path} does not fit the FID Inception network: {str(exc).splitlines()[0]} "
+                             f"...") from None
+        raise
+    finally:
+        inception.load_state_dict_from_url = original
 
 
 def _npz_stats(source: str) -> Tuple[Any, Any]:

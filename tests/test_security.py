@@ -66,6 +66,28 @@ def test_lbt_plugin_fid_refuses_crafted_and_pickled_files(evil):
     assert not marker.exists()
 
 
+def test_fid_weights_are_read_as_data_from_the_flag_and_from_the_hub_cache(evil, monkeypatch):
+    """pytorch-fid unpickles its Inception weights in full; ours are read as tensors only, at both places they
+    come from: --weights PATH and $TORCH_HOME/hub/checkpoints/."""
+    from lbt_plugin.metrics import FID_WEIGHTS_FILE
+
+    tmp, marker, _, pickled, _, folder = evil
+    home = tmp / "torch_home"
+    cached = home / "hub" / "checkpoints" / FID_WEIGHTS_FILE
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(pickled.read_bytes())  # the payload, under the reference name, in the cache
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    for extra in (["--weights", str(pickled)], []):
+        result = CliRunner().invoke(main, ["fid", str(folder), str(folder), "--dims", "64", *extra])
+        assert result.exit_code == 1, result.output
+        assert "cannot be read as tensors only" in result.output and "nothing in it was run" in result.output
+    assert not marker.exists()
+    # a state dict of tensors that does not fit the network is refused by name, and so is an oversized file
+    torch.save({"conv.weight": torch.zeros(2)}, cached)
+    result = CliRunner().invoke(main, ["fid", str(folder), str(folder), "--dims", "64"])
+    assert result.exit_code == 1 and "does not fit the FID Inception network" in result.output, result.output
+
+
 def test_resume_and_the_generator_loader_refuse_them(evil, digits):
     tmp, marker, crafted, pickled, _, _ = evil
     for source in (crafted, pickled, tmp / "raw.pkl"):
