@@ -7,7 +7,7 @@
 See ``LBTLoss`` (the loss) and ``Unroller`` (K differentiable optimizer steps).
 """
 from .loss import LBTLoss
-from .unroll import Unroller, UnrolledModule
+from .unroll import UnrolledView, Unroller
 
 __version__ = "0.1.0"
-__all__ = ["LBTLoss", "Unroller", "UnrolledModule", "__version__"]
+__all__ = ["LBTLoss", "Unroller", "UnrolledView", "__version__"]

@@ -46,12 +46,16 @@ class _VAEBase(nn.Module):
     def _decoder_log_std(self) -> Tensor:
         return self.decoder_log_std
 
+    def _as_input(self, x: Tensor) -> Tensor:
+        return x
+
     def log_prob(self, x: Tensor) -> Tensor:
         """The ELBO of each sample (``n_samples == 1``) or the IWAE bound with ``n_samples`` draws.
 
         ``log p(x) >= E_q[log p(x|z) + log p(z) - log q(z|x)]``; reparameterised, so it is
         differentiable in the parameters and in ``x``.
         """
+        x = self._as_input(x)
         b, s = x.shape[0], self.n_samples
         mu, log_std = self.encode(x)
         eps = torch.randn((s, *mu.shape), device=mu.device, dtype=mu.dtype)
@@ -75,7 +79,8 @@ class _VAEBase(nn.Module):
 
 
 class VAE(_VAEBase):
-    """An MLP VAE for vectors ``[B, dim]`` with a Gaussian decoder.
+    """An MLP VAE for vectors ``[B, dim]`` with a Gaussian decoder (inputs ``[B, ...]`` with ``dim`` elements per
+    sample, such as ``[B, 1, 28, 28]`` for ``dim=784``, are flattened).
 
     Defaults follow the authors' toy estimator: two tanh layers of 128, latent 32, and a
     decoder of fixed variance 0.001 (``decoder_std=None`` learns one per dimension).
@@ -97,10 +102,14 @@ class VAE(_VAEBase):
         else:
             self.decoder_log_std = nn.Parameter(log_std)
 
+    def _as_input(self, x: Tensor) -> Tensor:
+        if x.dim() < 2 or x[0].numel() != self.dim:
+            raise ValueError(f"VAE(dim={self.dim}) takes [B, {self.dim}] inputs (or [B, ...] of {self.dim} elements, "
+                             f"flattened), got {tuple(x.shape)}; for images, ConvVAE keeps their structure")
+        return x.flatten(1)
+
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if x.dim() != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"VAE(dim={self.dim}) takes [B, {self.dim}] inputs, got {tuple(x.shape)}")
-        mu, log_std = self.encoder(x).chunk(2, dim=-1)
+        mu, log_std = self.encoder(self._as_input(x)).chunk(2, dim=-1)
         return mu, log_std.clamp(-10, 5)
 
     def decode(self, z: Tensor) -> Tensor:

@@ -30,6 +30,12 @@ convention, so that ``weight=1`` means the same on 2-D points and on 64x64x3
 images; ``reduction="batchmean"`` drops it (the paper's summed form). Before the
 unroll, ``teach_steps`` ordinary steps fit :math:`\\theta` to detached samples (the
 paper's estimator updates).
+
+LBT-GAN adds this term to a GAN generator loss. With ``gan_loss`` passed to the call, the
+term's gradient at the samples is scaled to ``weight`` times the GAN loss's gradient there
+(:mod:`lbt_plugin._impl.balance`), so that its share of the generator's update is the same in
+any loop, at any data size and precision, from the first step to the last; without it, the
+term is ``weight`` times the loss above (the paper's fixed-weight form).
 """
 from __future__ import annotations
 
@@ -37,27 +43,32 @@ import contextlib
 import copy
 import math
 import numbers
+import threading
 import warnings
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from collections import Counter
+from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
+from ._impl import balance as _balance
 from ._impl import dist as _dist
 from ._impl import rules
-from ._impl.latent import as_shape, latent_shape
-from .unroll import Unroller, UnrolledModule
+from ._impl.latent import as_shape, sampler
+from ._impl.safety import FiniteChecks, Snapshot, restored_on_error
+from .unroll import Unroller, UnrolledView
 
 __all__ = ["LBTLoss"]
 
 Latent = Union[int, Sequence[int], Callable[[int, torch.device], Tensor], None]
 Generator = Union[nn.Module, Callable[[Tensor], Tensor], Tensor]
+GanLoss = Union[Tensor, Callable[[Tensor], Tensor], None]
 
 _REDUCTIONS = ("mean", "batchmean")
 
 
 class LBTLoss:
-    """The LBT generator loss :math:`-\\frac{1}{ND}\\sum_n \\log p_E(x_n;\\theta_K(G))`, times ``weight``.
+    """The LBT generator loss :math:`-\\frac{1}{ND}\\sum_n \\log p_E(x_n;\\theta_K(G))`, weighted.
 
     Args:
         estimator: an ``nn.Module`` with ``log_prob(x) -> Tensor[B]`` (a VAE returns
@@ -73,7 +84,10 @@ class LBTLoss:
         teach_steps: ordinary steps of the estimator per call, on detached
             generator samples, before unrolling. ``0`` leaves the estimator's
             parameters, buffers and optimizer state exactly as they were.
-        weight: multiplies the returned loss (``lambda`` of LBT-GAN; see ``reduction``).
+        weight: with ``gan_loss`` passed to the call (LBT-GAN, balanced): the ratio of the
+            LBT term's gradient norm to the GAN loss's at the samples, ``|g_LBT| = weight *
+            |g_GAN|``, held at every step. Without it: the factor of the returned loss
+            (``lambda`` of the paper's fixed form; see ``reduction``).
         reduction: ``"mean"`` (default): nats per data dimension,
             ``-sum_n log p_E(x_n) / (N * D)`` with ``D`` the number of elements of one
             data sample, so that ``weight`` means the same at every data size.
@@ -87,7 +101,8 @@ class LBTLoss:
         truncate: back-propagate through the last ``truncate`` of the K steps only
             (less memory and time, biased); see :class:`~lbt_plugin.Unroller`.
         checkpoint: recompute unrolled steps in the backward pass instead of storing
-            them (exact, memory flat in K; the default backend).
+            their graphs (exact; stores theta_t and the optimizer state per step, and
+            peak memory grows more slowly in K; the default backend).
         latent: how to draw the generator's input when it is called without
             ``z``: an int ``d`` (``z ~ N(0, I)`` of shape ``[B, d]``), a shape tuple
             (``[B, *shape]``, e.g. ``(100, 1, 1)`` for DCGAN), or a callable
@@ -111,11 +126,16 @@ class LBTLoss:
             error that names the first non-finite value (one host synchronisation per
             call, two with teaching steps).
 
-    Call ``lbt(generator, data, z=None)``, where ``generator`` is a module or
-    callable ``z -> samples``, or a tensor of already generated, differentiable
-    samples (a loop that computed ``fake = G(z)`` passes ``fake``; under
-    DistributedDataParallel this keeps one generator forward per step). A call
-    that raises leaves the estimator and its optimizer as they were before it.
+    Call ``lbt(generator, data, z=None, gan_loss=None)``, where ``generator`` is a tensor
+    of already generated, differentiable samples (a loop that computed ``fake = G(z)``
+    passes ``fake``: one generator forward per step), or a module or callable
+    ``z -> samples``. ``gan_loss`` is the generator's GAN loss computed from those samples
+    (or a function of samples, which works with a generator argument too): the LBT
+    gradient is then balanced against it (see ``weight``); add the two and back-propagate,
+    ``(gan_loss + loss).backward()``. The returned value is ``weight`` times the LBT loss
+    without ``gan_loss`` and the LBT loss itself with it (for logging: its gradient is the
+    balanced one). A call that raises leaves the estimator and its optimizer as they were
+    before it, and never changes the tensors passed to it.
     """
 
     def __init__(
@@ -172,13 +192,27 @@ class LBTLoss:
         self.reduction = reduction
         self.latent, self.batch_size, self.resample = latent, batch_size, resample
         self.check_finite = check_finite
+        self._lock = threading.Lock()
+        self._reaches_samples: Optional[bool] = None  # checked once, at the first call
 
     # -- the call -----------------------------------------------------------------
-    def __call__(self, generator: Generator, data: Tensor, z: Optional[Tensor] = None) -> Tensor:
-        """Teach the estimator, unroll K steps, return ``weight * -log p_E(data; theta_K)``, reduced.
+    def __call__(self, generator: Generator, data: Tensor, z: Optional[Tensor] = None, *,
+                 gan_loss: GanLoss = None) -> Tensor:
+        """Teach the estimator, unroll K steps, return the LBT term (see the class docstring).
 
         Every check on the inputs runs before the estimator or its optimizer changes.
         """
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError(
+                "this LBTLoss is in a call in another thread: one LBTLoss (and its estimator) serves one training "
+                "loop at a time. Give each thread its own LBTLoss and estimator."
+            )
+        try:
+            return self._call(generator, data, z, gan_loss)
+        finally:
+            self._lock.release()
+
+    def _call(self, generator: Generator, data: Tensor, z: Optional[Tensor], gan_loss: GanLoss) -> Tensor:
         self._check_data(data)
         if not torch.is_grad_enabled():
             raise RuntimeError(
@@ -186,30 +220,39 @@ class LBTLoss:
                 "steps need autograd, and the loss exists to be back-propagated. Call it in the generator step, "
                 "outside no_grad; to log it, log the value that step returns."
             )
-        draw = self._sampler(generator, data, z)
+        draw = sampler(generator, data, z, self.latent, self.batch_size, self.resample)
         fake = draw()
         self._check_samples(fake, data)
+        gan_sq = None if gan_loss is None else _balance.gan_gradient_sq(
+            gan_loss, fake, "a tensor or a function of samples")
         # Mixed precision: the generator may run under autocast, the LBT term does not. The estimator's
         # summed log-likelihood and its second derivatives need more than bf16's 8-bit mantissa (measured:
         # the bf16 hypergradient points the wrong way), so samples are cast up and autocast is off here.
-        dtype = self._first_parameter.dtype
+        # The estimator gets private copies: a log_prob that changes its input cannot reach the caller's tensors.
+        dtype = self._input_dtype
         device_type = data.device.type
         float32 = (torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type)
                    else contextlib.nullcontext())
-        with float32, _restored_on_error(self) if self.teach_steps else contextlib.nullcontext():
-            return self._teach_unroll_score(lambda: draw().to(dtype), fake.to(dtype), data.to(dtype))
+        with float32, restored_on_error(self.estimator, self.optimizer, active=self.teach_steps > 0):
+            return self._teach_unroll_score(lambda: draw().to(dtype), fake.to(dtype, copy=True),
+                                            data.to(dtype, copy=True), gan_sq)
 
-    def _teach_unroll_score(self, draw: Callable[[], Tensor], fake: Tensor, data: Tensor) -> Tensor:
-        """Steps (1)-(3) of the module docstring, in the estimator's dtype.
+    def _teach_unroll_score(self, draw: Callable[[], Tensor], fake: Tensor, data: Tensor,
+                            gan_sq: Optional[Tensor]) -> Tensor:
+        """The algorithm of the module docstring, in the estimator's dtype: (1) teaching steps on detached
+        samples, (2) K differentiable steps from theta_0 to theta_K, (3) the data's log-likelihood under theta_K.
 
         Finiteness is checked with few host synchronisations: the inputs before the first teaching step (none
         without teaching steps), everything else once at the end, where a failure names its first cause (a
-        failed call with teaching steps restores the estimator, see ``__call__``)."""
-        checks = _FiniteChecks(self)
+        failed call with teaching steps restores the estimator, see ``_call``)."""
+        checks = FiniteChecks(self.check_finite, self._error_for)
         checks.add("data", data)
         checks.add("samples", fake.detach())
         if self.teach_steps:
             checks.raise_first()  # before anything changes
+        if self._reaches_samples is None:
+            self._reaches_samples = self._check_reaches_samples(fake)
+        versions = [t._version for t in (fake, data)]
         # (1) teaching: ordinary maximum-likelihood steps on detached samples
         for step in range(self.teach_steps):
             x = fake.detach() if not self.resample else self._draw_detached(draw)
@@ -224,20 +267,59 @@ class LBTLoss:
         if self.teach_steps:
             self.optimizer.zero_grad(set_to_none=True)
 
-        # (2) K differentiable steps: theta_K(G)
-        batches = [fake] + [draw() for _ in range(self.k - 1)] if self.resample else [fake] * self.k
-        view = self.unroller(lambda e, t: -self._log_prob(e, batches[t], "an unrolled step").mean())
-        for t, inner in enumerate(self.unroller.losses):
-            checks.add(f"unrolled step {t + 1}", inner)
+        # (2) K differentiable steps: theta_K(G), from the samples (scaled in backward when balanced)
+        batches = [fake] + [draw() for _ in range(self.k - 1)] if self.resample else [fake]
+        if gan_sq is not None:
+            reduce = _dist.sum_ if self.distributed else None
+            batches = list(_balance.scale_to_ratio(torch.cat(batches), gan_sq, self.weight, reduce)
+                           .split(fake.shape[0]))
+        view, inner = self.unroller._unroll(
+            lambda e, t: -self._log_prob(e, batches[t if self.resample else 0], "an unrolled step").mean())
+        for t, loss in enumerate(inner):
+            checks.add(f"unrolled step {t + 1}", loss)
 
         # (3) the teacher's reward: likelihood of real data under theta_K
         log_p = self._log_prob(view, data, "the data")
         checks.add("data log-likelihood", log_p.detach())
         checks.raise_first()
+        if [t._version for t in (fake, data)] != versions:
+            raise RuntimeError(
+                f"{type(self.estimator).__name__}.log_prob changed its input in place: the estimator must not modify "
+                "the samples or data it scores (use out-of-place operations, x = x * 0.5 instead of x.mul_(0.5)). "
+                "The caller's tensors are unchanged"
+                + ("; the teaching steps were undone." if self.teach_steps else ".")
+            )
         per = data[0].numel() if self.reduction == "mean" else 1
-        return (self.weight / per) * -log_p.mean()
+        scale = 1.0 if gan_sq is not None else self.weight
+        return (scale / per) * -log_p.mean()
 
-    def _fail(self, what: str, value: Tensor) -> BaseException:
+    def _check_reaches_samples(self, fake: Tensor) -> bool:
+        """Once per LBTLoss: ``log_prob`` must be differentiable in its input, or no gradient can reach the
+        generator. Probed on two detached samples with the random state and the buffers put back."""
+        probe = fake[:2].detach().clone().requires_grad_()
+        buffers = [(b, b.detach().clone()) for b in self.estimator.buffers()]
+        devices = [fake.device] if fake.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                out = self.estimator.log_prob(probe)
+                if not isinstance(out, Tensor) or not out.requires_grad:
+                    return True  # reported with its cause by the checks of the call
+                (grad,) = torch.autograd.grad(out.sum(), probe, allow_unused=True)
+        except Exception:  # noqa: BLE001  a log_prob that fails here fails in the call, with its own message
+            return True
+        finally:
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+        if grad is None:
+            raise ValueError(
+                f"{type(self.estimator).__name__}.log_prob is not differentiable in its input (it detaches it, "
+                "or computes under no_grad): the LBT loss could not reach the generator. Remove the .detach(), "
+                ".item() or no_grad on the input path of log_prob."
+            )
+        return True
+
+    def _error_for(self, what: str, value: Tensor) -> BaseException:
         """The error for the first non-finite value of a call, naming the cause and the fix."""
         bad = int((~torch.isfinite(value)).sum())
         if what == "data":
@@ -271,6 +353,16 @@ class LBTLoss:
     def _first_parameter(self) -> Tensor:
         return next(self.estimator.parameters())
 
+    @property
+    def _input_dtype(self) -> torch.dtype:
+        """The dtype the estimator scores in: that of most of its floating-point parameters (by elements), so
+        that a float32 flow with a small float64 base distribution gets float32 inputs, as its own code expects."""
+        count: Counter = Counter()
+        for p in self.estimator.parameters():
+            if p.is_floating_point():
+                count[p.dtype] += p.numel()
+        return count.most_common(1)[0][0] if count else torch.get_default_dtype()
+
     # -- inputs -------------------------------------------------------------------
     def _check_data(self, data: Tensor) -> None:
         if not isinstance(data, Tensor) or data.dim() < 1:
@@ -286,43 +378,6 @@ class LBTLoss:
         device = self._first_parameter.device
         if data.device != device:
             raise ValueError(f"data is on {data.device} and the estimator on {device}: move one of them")
-
-    def _sampler(self, generator: Generator, data: Tensor, z: Optional[Tensor]) -> Callable[[], Tensor]:
-        """A function drawing the generator's samples (the same tensor every time for a tensor argument)."""
-        if isinstance(generator, Tensor):
-            if z is not None:
-                raise ValueError("z is only used with a generator module or callable, not with samples")
-            if self.resample:
-                raise ValueError("resample=True needs a generator module or callable, not a tensor of samples")
-            return lambda: generator
-        if not callable(generator):
-            raise TypeError(
-                f"generator must be a module, a callable z -> samples, or a tensor of samples; "
-                f"got {type(generator).__name__}"
-            )
-        if z is not None:
-            if self.resample:
-                raise ValueError("resample=True draws its own latents; do not pass z")
-            if not isinstance(z, Tensor):
-                raise TypeError(f"z must be a tensor, got {type(z).__name__}")
-            return lambda: _call(generator, z, "the z passed to the call", data, check_shape=False)
-        if callable(self.latent):
-            source, certain = "LBTLoss(latent=callable)", True
-            draw_z: Callable[[], Tensor] = lambda: self.latent(self.batch_size or data.shape[0], data.device)  # noqa
-        else:
-            if self.latent is not None:
-                shape, source, certain = self.latent, f"latent={self.latent!r}", True
-            else:
-                shape, source, certain = latent_shape(generator)
-                if shape is None:
-                    raise ValueError(
-                        f"cannot tell the latent shape of {type(generator).__name__}: pass z=..., LBTLoss(latent=dim "
-                        "or shape or callable), or give the generator a latent_dim / latent_shape attribute."
-                    )
-            dtype = _input_dtype(generator, data)
-            draw_z = lambda: torch.randn((self.batch_size or data.shape[0], *shape), device=data.device,  # noqa
-                                         dtype=dtype)
-        return lambda: _call(generator, draw_z(), source, data, check_shape=not certain)
 
     def _check_samples(self, fake: Tensor, data: Tensor) -> None:
         if not isinstance(fake, Tensor):
@@ -349,15 +404,19 @@ class LBTLoss:
             return draw()
 
     @staticmethod
-    def _log_prob(estimator: Union[nn.Module, UnrolledModule], x: Tensor, where: str) -> Tensor:
+    def _log_prob(estimator: Union[nn.Module, UnrolledView], x: Tensor, where: str) -> Tensor:
         out = estimator.log_prob(x)
         if not isinstance(out, Tensor) or out.shape != (x.shape[0],):
             raise ValueError(
                 f"log_prob must return a tensor of shape [B] = [{x.shape[0]}] (one log-likelihood per sample); "
                 f"got {tuple(getattr(out, 'shape', ()))} in {where}. Sum over event dimensions inside log_prob."
             )
-        if out.is_complex():
-            raise TypeError(f"log_prob returned a complex tensor in {where}; it must be real")
+        if out.is_complex() or not out.is_floating_point():
+            raise TypeError(f"log_prob returned dtype {out.dtype} in {where}; it must be a real floating-point "
+                            "log-likelihood")
+        if not out.requires_grad:
+            raise ValueError(f"log_prob's output does not depend on the estimator's parameters in {where} (a "
+                             "constant, or computed under no_grad): there is nothing to teach or unroll.")
         return out
 
     # -- checkpointing --------------------------------------------------------------
@@ -371,7 +430,7 @@ class LBTLoss:
         Raises ``ValueError`` naming what does not fit, with nothing loaded."""
         if not isinstance(state, dict) or not {"estimator", "optimizer"} <= set(state):
             raise ValueError("an LBTLoss state must be a dict with 'estimator' and 'optimizer' (LBTLoss.state_dict())")
-        backup = _Snapshot(self)
+        backup = Snapshot(self.estimator, self.optimizer)
         keys = [set(g) for g in self.optimizer.param_groups]
         try:
             self.estimator.load_state_dict(state["estimator"])
@@ -384,9 +443,21 @@ class LBTLoss:
                     if isinstance(value, Tensor) and key != "step" and value.shape != p.shape:
                         raise ValueError(f"its optimizer state {key!r} has shape {tuple(value.shape)} for a "
                                          f"parameter of shape {tuple(p.shape)}")
+                    if isinstance(value, Tensor) and value.is_floating_point() and not bool(
+                            torch.isfinite(value).all()):
+                        raise ValueError(f"its optimizer state {key!r} holds NaN or inf")
         except Exception as exc:
             backup.restore()
             raise ValueError(f"the LBT state does not fit this estimator or optimizer: {exc}") from None
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (f"LBTLoss({type(self.estimator).__name__}, k={self.k}, optimizer={type(self.optimizer).__name__}, "
@@ -406,95 +477,3 @@ def _uncompiled(module: Any) -> Any:
         )
         return original
     return module
-
-
-def _call(generator: Callable[[Tensor], Tensor], z: Any, source: str, data: Tensor, check_shape: bool) -> Tensor:
-    """``generator(z)``, with an error that names the latent and the fix when ``z`` does not fit it."""
-    if not isinstance(z, Tensor):
-        raise TypeError(f"{source} gave a {type(z).__name__}, not a tensor of latents")
-    try:
-        out = generator(z)
-    except (RuntimeError, ValueError, TypeError) as exc:
-        if isinstance(exc, torch.OutOfMemoryError):
-            raise
-        raise ValueError(
-            f"the generator failed on z of shape {tuple(z.shape)} ({source}): {type(exc).__name__}: {exc}. If z "
-            "has the wrong shape, pass z=..., or LBTLoss(latent=shape), e.g. latent=(100, 1, 1) for a DCGAN "
-            "generator."
-        ) from exc
-    if check_shape and isinstance(out, Tensor) and out.shape[1:] != data.shape[1:]:
-        raise ValueError(
-            f"z of shape {tuple(z.shape)} ({source}) gives samples of shape {tuple(out.shape)}, but data has "
-            f"{tuple(data.shape)}: the generator's input shape could not be read off its first layer. Pass z=..., "
-            "or LBTLoss(latent=shape)."
-        )
-    return out
-
-
-def _input_dtype(generator: Any, data: Tensor) -> torch.dtype:
-    """The dtype to draw ``z`` in: the generator's floating parameters', else the data's."""
-    if isinstance(generator, nn.Module):
-        for p in generator.parameters():
-            if p.is_floating_point():
-                return p.dtype
-    return data.dtype
-
-
-class _Snapshot:
-    """The estimator's parameters, buffers and gradients and its optimizer's state, restorable in place."""
-
-    def __init__(self, loss: LBTLoss):
-        self.loss = loss
-        est = loss.estimator
-        self.tensors = [*est.parameters(), *est.buffers()]
-        self.values = [t.detach().clone() for t in self.tensors]
-        self.grads = [None if p.grad is None else p.grad.clone() for p in est.parameters()]
-        self.groups = [dict(g) for g in loss.optimizer.param_groups]
-        self.state = {p: {k: v.clone() if isinstance(v, Tensor) else copy.copy(v) for k, v in s.items()}
-                      for p, s in loss.optimizer.state.items()}
-
-    def restore(self) -> None:
-        optimizer = self.loss.optimizer
-        with torch.no_grad():
-            for t, v in zip(self.tensors, self.values):
-                t.copy_(v)
-        for p, g in zip(self.loss.estimator.parameters(), self.grads):
-            p.grad = g
-        for group, saved in zip(optimizer.param_groups, self.groups):
-            group.clear()
-            group.update(saved)
-        optimizer.state.clear()
-        optimizer.state.update(self.state)
-
-
-@contextlib.contextmanager
-def _restored_on_error(loss: LBTLoss) -> Iterator[None]:
-    """Puts the estimator and its optimizer back as they were when the call's teaching steps are followed by an
-    error (without teaching steps, a call changes neither)."""
-    snapshot = _Snapshot(loss)
-    try:
-        yield
-    except BaseException:
-        snapshot.restore()
-        raise
-
-
-class _FiniteChecks:
-    """The tensors of a call whose values must be finite, checked in one fused reduction and one host
-    synchronisation per :meth:`raise_first` (small models feel every extra op)."""
-
-    def __init__(self, loss: LBTLoss):
-        self.loss = loss
-        self.pending: List[Tuple[str, Tensor]] = []
-
-    def add(self, what: str, value: Tensor) -> None:
-        if self.loss.check_finite:
-            self.pending.append((what, value))
-
-    def raise_first(self) -> None:
-        """Raise the error of the first non-finite tensor added so far, if any."""
-        pending, self.pending = self.pending, []
-        if not pending or bool(torch.isfinite(torch.cat([v.reshape(-1) for _, v in pending])).all()):
-            return
-        what, value = next((w, v) for w, v in pending if not bool(torch.isfinite(v).all()))
-        raise self.loss._fail(what, value)

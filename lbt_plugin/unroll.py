@@ -27,12 +27,12 @@ import torch
 from torch import Tensor, nn
 
 from ._impl import rules
-from ._impl.backends import BACKENDS, GradReduce, optimizer_index, patch
+from ._impl.backends import BACKENDS, GradReduce, backend_class, optimizer_index
 
-__all__ = ["Unroller", "UnrolledModule"]
+__all__ = ["Unroller", "UnrolledView"]
 
 
-class UnrolledModule:
+class UnrolledView:
     """A functional view of a module at the unrolled parameters :math:`\\theta_K`.
 
     Calling the view runs ``module.forward`` with :math:`\\theta_K`; so does any other
@@ -54,7 +54,7 @@ class UnrolledModule:
     def __getattr__(self, name: str) -> Any:
         target = self._module.get_submodule(self._path)
         if target._modules.get(name) is not None:
-            return UnrolledModule(self._backend, self._module, f"{self._path}.{name}" if self._path else name)
+            return UnrolledView(self._backend, self._module, f"{self._path}.{name}" if self._path else name)
         attr = getattr(target, name)  # what it is, read on the module itself
         if callable(attr) and not isinstance(attr, (Tensor, nn.Module)):
             backend, path = self._backend, self._path  # not self: the view caches the method, and no cycle may form
@@ -70,7 +70,7 @@ class UnrolledModule:
         return self._backend.within(self._path, lambda m: getattr(m, name))
 
     def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("an UnrolledModule is read-only; change the original module instead")
+        raise AttributeError("an UnrolledView is read-only; change the original module instead")
 
     def named_parameters(self) -> Iterator[Tuple[str, Tensor]]:
         """``(name, theta_K tensor)`` pairs, named as in the (sub)module's ``named_parameters()``."""
@@ -85,11 +85,11 @@ class UnrolledModule:
         return (p for _, p in self.named_parameters())
 
     def __repr__(self) -> str:
-        return f"UnrolledModule({type(self._module.get_submodule(self._path)).__name__}, path={self._path!r})"
+        return f"UnrolledView({type(self._module.get_submodule(self._path)).__name__}, path={self._path!r})"
 
 
 class Unroller:
-    """K differentiable steps of ``optimizer`` on ``module``; returns an :class:`UnrolledModule`.
+    """K differentiable steps of ``optimizer`` on ``module``; returns an :class:`UnrolledView`.
 
     Args:
         module: the module to unroll (an estimator, a discriminator, ...).
@@ -120,7 +120,7 @@ class Unroller:
 
     Call it with ``loss_fn(view) -> scalar`` or ``loss_fn(view, t) -> scalar``,
     evaluated at :math:`\\theta_t` for ``t = 0 .. k-1``; the result is the view at
-    :math:`\\theta_K`. ``unroller.losses`` then holds the K inner losses (detached). With ``checkpoint=True`` the loss of step ``t`` is evaluated
+    :math:`\\theta_K`. With ``checkpoint=True`` the loss of step ``t`` is evaluated
     again during backward: it must be a function of ``t`` (not of a counter).
     """
 
@@ -154,16 +154,18 @@ class Unroller:
                              "state that a recomputation would advance twice)")
         rules.rule_for(optimizer)  # fail now, not at the first call
         optimizer_index(module, optimizer)
-        if backend == "higher":
-            patch(module)  # a module higher cannot patch fails here, naming "func"
+        self._backend_class = backend_class(backend, module)  # a module higher cannot patch fails here, naming "func"
         self.module, self.optimizer, self.k, self.backend = module, optimizer, k, backend
         self.truncate, self.checkpoint, self.check_finite = truncate, checkpoint, check_finite
         self.grad_reduce = grad_reduce
-        self.losses: List[Tensor] = []
 
-    def __call__(self, loss_fn: Callable[..., Tensor]) -> UnrolledModule:
-        backend = BACKENDS[self.backend](self.module, self.optimizer, self.grad_reduce)
-        view = UnrolledModule(backend, self.module)
+    def __call__(self, loss_fn: Callable[..., Tensor]) -> UnrolledView:
+        return self._unroll(loss_fn)[0]
+
+    def _unroll(self, loss_fn: Callable[..., Tensor]) -> Tuple[UnrolledView, List[Tensor]]:
+        """The view at theta_K and the K inner losses (detached), for callers that check them themselves."""
+        backend = self._backend_class(self.module, self.optimizer, self.grad_reduce)
+        view = UnrolledView(backend, self.module)
         with_t = _takes_step_index(loss_fn)
         constant_steps = self.k - (self.truncate or self.k)
         losses: List[Tensor] = []
@@ -181,7 +183,6 @@ class Unroller:
                 loss = loss_at()
                 backend.step(loss, create_graph=t >= constant_steps)
             losses.append(loss.detach())
-        self.losses = losses
         if self.check_finite:
             finite = torch.isfinite(torch.stack(losses))
             if not bool(finite.all()):
@@ -190,7 +191,7 @@ class Unroller:
                     f"the inner loss is {losses[t].item()} at unrolled step {t + 1} of {self.k}; "
                     "lower the optimizer's learning rate or check the module's outputs."
                 )
-        return view
+        return view, losses
 
     def __repr__(self) -> str:
         return (f"Unroller({type(self.module).__name__}, {type(self.optimizer).__name__}, k={self.k}, "

@@ -1,5 +1,6 @@
 """Bad input and misuse of LBTLoss: a clear error that names cause and fix, and nothing changed by a failed call."""
 import copy
+import re
 import warnings
 
 import pytest
@@ -221,3 +222,128 @@ def test_clear_errors_for_latents_z_and_devices(warm):
     _fails_and_changes_nothing(odd, TypeError, "gave a str, not a tensor", gen, data)
     _fails_and_changes_nothing(lbt, ValueError, "data is on meta and the estimator on cpu", gen,
                                torch.empty(16, 2, device="meta"))
+
+
+class _Mutating(TinyCoupling):
+    def log_prob(self, x):
+        x.mul_(0.5)  # changes its input in place
+        return super().log_prob(x)
+
+
+class _Detaching(TinyCoupling):
+    def log_prob(self, x):
+        return super().log_prob(x.detach())
+
+
+def test_an_estimator_that_changes_or_detaches_its_input_is_caught_and_the_callers_tensors_are_intact(warm):
+    _, gen, data = warm
+    torch.manual_seed(0)
+    fake, data0 = gen(torch.randn(16, 4)), data.clone()
+    fake0 = fake.detach().clone()
+    lbt = LBTLoss(_Mutating(2, 8), k=2, teach_steps=2)
+    _fails_and_changes_nothing(lbt, RuntimeError, r"changed its input in place.*x = x \* 0.5", fake, data)
+    assert torch.equal(fake.detach(), fake0) and torch.equal(data, data0)
+    detaching = LBTLoss(_Detaching(2, 8), k=2)
+    with pytest.raises(ValueError, match="not differentiable in its input"):
+        detaching(fake, data)
+
+
+class _LogProbOf(TinyCoupling):
+    def __init__(self, kind):
+        super().__init__(2, 8)
+        self.kind = kind
+
+    def log_prob(self, x):
+        out = super().log_prob(x)
+        return out.long() if self.kind == "int" else torch.zeros(x.shape[0]) + x.sum(1) * 0
+
+
+@pytest.mark.parametrize("kind, match", [("int", "returned dtype torch.int64"),
+                                         ("constant", "does not depend on the estimator's parameters")])
+def test_a_log_prob_of_integers_or_a_constant_is_named(kind, match):
+    gen, data = TinyGenerator(4, 2, 8), torch.randn(16, 2)
+    with pytest.raises((TypeError, ValueError), match=match):
+        LBTLoss(_LogProbOf(kind), k=2)(gen, data)
+
+
+def test_one_lbtloss_called_from_two_threads_is_refused_not_crashed():
+    import threading
+
+    torch.manual_seed(0)
+    gen, data = TinyGenerator(4, 2, 8), torch.randn(16, 2)
+    lbt = LBTLoss(TinyCoupling(2, 8), k=2)
+    inside, release, errors = threading.Event(), threading.Event(), []
+    log_prob = lbt.estimator.log_prob
+
+    def slow(x):  # holds the first call inside the estimator until the second has been tried
+        inside.set()
+        release.wait(10)
+        return log_prob(x)
+
+    lbt.estimator.log_prob = slow
+    first = threading.Thread(target=lambda: lbt(gen, data))
+    first.start()
+    assert inside.wait(10)
+    try:
+        lbt(gen, data)
+    except RuntimeError as exc:
+        errors.append(str(exc))
+    release.set()
+    first.join(10)
+    assert errors and "in a call in another thread" in errors[0]
+    lbt.estimator.log_prob = log_prob
+    lbt(gen, data).backward()  # free again once the first call returned
+    copy.deepcopy(lbt)  # the lock does not stop copies
+
+
+def test_an_estimator_of_mixed_dtypes_gets_inputs_in_its_main_dtype():
+    """normflows with a float64 base distribution: float32 layers and a small float64 parameter; the inputs
+    follow the float32 bulk of the parameters, and the float64 one promotes inside log_prob as in the
+    library's own use."""
+    class Mixed(TinyCoupling):
+        def __init__(self):
+            super().__init__(2, 8)
+            self.base_loc = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+
+        def log_prob(self, x):
+            return super().log_prob(x) - ((x - self.base_loc) ** 2).sum(1).float()
+
+    LBTLoss(Mixed(), k=2)(TinyGenerator(4, 2, 8), torch.randn(16, 2)).backward()
+
+
+def test_a_generator_that_needs_more_than_z_gets_a_hint_to_pass_samples():
+    class Conditional(TinyGenerator):
+        def forward(self, z, real):  # noqa: ARG002
+            return super().forward(z)
+
+    with pytest.raises(TypeError, match=r"takes more than z.*lbt\(fake, data\)"):
+        LBTLoss(TinyCoupling(2, 8), k=2)(Conditional(4, 2, 8), torch.randn(16, 2))
+
+
+def test_optimizer_settings_out_of_their_domain_are_refused_at_load_and_construction(warm):
+    lbt, gen, data = warm
+    for key, value, match in [("lr", float("nan"), "lr=nan"), ("lr", -1.0, "lr=-1.0"),
+                              ("betas", (0.5, 1.5), "betas=1.5"), ("eps", float("inf"), "eps=inf")]:
+        state = copy.deepcopy(lbt.state_dict())
+        state["optimizer"]["param_groups"][0][key] = value
+        before = _state(lbt)
+        with pytest.raises(ValueError, match=re.escape(match)):
+            lbt.load_state_dict(state)
+        assert _same(before, _state(lbt))
+    est = TinyCoupling(2, 8)
+    with pytest.raises(ValueError, match="differentiable=True"):
+        LBTLoss(est, optimizer=torch.optim.Adam(est.parameters(), differentiable=True))
+    sgd = torch.optim.SGD(est.parameters(), lr=0.1, momentum=0.9)
+    torch.optim.lr_scheduler.OneCycleLR(sgd, max_lr=0.1, total_steps=10)  # adds max_lr and friends to the groups
+    LBTLoss(est, k=2, optimizer=sgd)(gen, data).backward()
+
+
+def test_a_vae_of_vectors_takes_flattened_images_and_says_so_otherwise():
+    torch.manual_seed(0)
+    vae, x = VAE(784), torch.rand(4, 1, 28, 28)
+    torch.manual_seed(1)
+    a = vae.log_prob(x)
+    torch.manual_seed(1)
+    assert torch.equal(a, vae.log_prob(x.flatten(1)))
+    with pytest.raises(ValueError, match="ConvVAE keeps their structure"):
+        vae.log_prob(torch.rand(4, 3, 28, 28))

@@ -35,3 +35,18 @@ def test_explicit_higher_on_zuko_fails_at_construction_naming_func():
         Unroller(est, torch.optim.SGD(est.parameters(), lr=0.1), k=2, backend="higher")
     loss = LBTLoss(est, k=2)(generator(), torch.randn(8, 2))  # the default works
     loss.backward()
+
+
+def test_an_adjoint_ode_flow_cannot_be_unrolled_and_the_error_says_which_modules_cannot():
+    zuko = pytest.importorskip("zuko")
+
+    class CNF(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.flow = zuko.flows.CNF(2, hidden_features=[8])
+
+        def log_prob(self, x):
+            return self.flow().log_prob(x)
+
+    with pytest.raises(RuntimeError, match=r"cannot be differentiated again.*zuko's CNF.*once_differentiable"):
+        LBTLoss(CNF(), k=2)(generator(), torch.randn(8, 2))

@@ -9,7 +9,7 @@ they compute the same numbers; they differ in how the module is made functional.
 - ``FuncBackend`` (the default, ``"func"``) puts ``theta_t`` into the module's own
   parameter slots for the duration of a call, as ``torch.func.functional_call`` does,
   and takes steps with plain autograd. Any module works, whatever its class hierarchy.
-- ``HigherBackend`` (``"higher"``) uses ``higher.monkeypatch`` and ``higher``'s
+- ``HigherBackend`` (``"higher"``, in :mod:`.higher_backend`, imported only when used) uses ``higher.monkeypatch`` and ``higher``'s
   differentiable optimizer machinery, with our rules as the optimizers (used for
   this package's unrolls only; ``higher``'s own registry is left alone). ``higher``
   rebinds fast weights only inside ``forward``; a direct call of another method
@@ -20,12 +20,8 @@ they compute the same numbers; they differ in how the module is made functional.
 """
 from __future__ import annotations
 
-import collections
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import higher
-import higher.optim
-import higher.patch
 import torch
 import torch.utils.checkpoint
 from torch import Tensor, nn
@@ -96,9 +92,20 @@ class FuncBackend:
     def step(self, loss: Tensor, create_graph: bool = True) -> None:
         """One update from ``loss``; ``create_graph=False`` takes a constant step (no hypergradient)."""
         trainable = self._trainable
-        grads = torch.autograd.grad(
-            loss, [self.params[i] for i in trainable], create_graph=create_graph, allow_unused=True
-        )
+        try:
+            grads = torch.autograd.grad(
+                loss, [self.params[i] for i in trainable], create_graph=create_graph, allow_unused=True
+            )
+        except RuntimeError as exc:
+            if isinstance(exc, torch.OutOfMemoryError) or not create_graph:
+                raise
+            raise RuntimeError(
+                f"the gradient of {type(self.module).__name__}'s loss cannot be differentiated again ({exc}). The "
+                "unroll needs log_prob to be twice differentiable; a module whose backward is a custom "
+                "autograd.Function computed without a graph cannot be unrolled: adjoint ODE solvers (zuko's CNF, "
+                "torchdiffeq's odeint_adjoint) and anything marked @once_differentiable. Use a discrete flow (zuko's "
+                "MAF or NSF, normflows, lbt_plugin.estimators.RealNVP) or an ODE solved without the adjoint."
+            ) from exc
         if self.grad_reduce is not None:
             grads = self.grad_reduce(list(grads))
         grad_of = dict(zip(trainable, grads))
@@ -185,124 +192,16 @@ def _walk(module: nn.Module) -> Tuple[List[Tensor], List[Tensor], List[Slot], Li
     return params, buffers, param_slots, buffer_slots
 
 
-class _RuleOptimizer(higher.optim.DifferentiableOptimizer):
-    """A ``higher`` differentiable optimizer whose update is one of :mod:`.rules`.
-
-    One subclass per ``torch.optim.SGD``, ``Adam``, ``AdamW`` and ``RMSprop``, used by
-    :class:`HigherBackend` instead of ``higher``'s own versions (its Adam places eps
-    differently from ``torch.optim.Adam``, ignores ``maximize`` and newer flags, and has
-    no AdamW). The constructor copies the optimizer's state without deep-copying its
-    parameters, which ``higher``'s base class does.
-    """
-
-    rule: rules.Rule
-
-    def __init__(
-        self,
-        other: torch.optim.Optimizer,
-        reference_params: Sequence[Tensor],
-        fmodel: Optional[higher.patch._MonkeyPatchBase] = None,
-        device: Optional[torch.device] = None,
-        override: Optional[dict] = None,
-        grad_callback: Any = None,
-        track_higher_grads: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        position = {id(p): i for i, p in enumerate(reference_params)}
-        self.param_groups = []
-        self._group_to_param_list = []
-        self.state = [collections.defaultdict(dict) for _ in other.param_groups]
-        for g, group in enumerate(other.param_groups):
-            copy = {k: v for k, v in group.items() if k != "params"}
-            copy["params"] = [None] * len(group["params"])
-            self.param_groups.append(copy)
-            mapping = []
-            for j, p in enumerate(group["params"]):
-                if id(p) not in position:
-                    raise ValueError(f"parameter of shape {tuple(p.shape)} is not among the reference parameters")
-                mapping.append(position[id(p)])
-                state = rules.copy_state(other, p)
-                if device is not None:
-                    state = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in state.items()}
-                if state:
-                    self.state[g][j] = state
-            self._group_to_param_list.append(mapping)
-        if override is not None:
-            self._apply_override(override)
-        self._grad_callback = grad_callback
-        self._fmodel = fmodel
-        self._track_higher_grads = track_higher_grads
-
-    def _update(self, grouped_grads: List[List[Optional[Tensor]]], **kwargs: Any) -> None:
-        rule = type(self).rule
-        for g, (group, grads) in enumerate(zip(self.param_groups, grouped_grads)):
-            for j, (p, grad) in enumerate(zip(group["params"], grads)):
-                if grad is not None:
-                    group["params"][j] = rule(group, p, grad, self.state[g][j])
+#: The backends' names; ``"higher"`` is imported only when asked for (the default does not need it).
+BACKENDS = ("func", "higher")
 
 
-#: Our differentiable optimizers, by ``torch.optim`` class. Not registered with ``higher``: other users of
-#: ``higher.optim.get_diff_optim`` in the same process keep ``higher``'s own.
-_DIFFERENTIABLE = {
-    optim_type: type(f"Differentiable{optim_type.__name__}", (_RuleOptimizer,),
-                     {"rule": staticmethod(rule), "__module__": __name__})
-    for optim_type, rule in rules.RULES.items()
-}
+def backend_class(name: str, module: nn.Module) -> type:
+    """The backend class for ``name``; for ``"higher"``, after checking that ``higher`` can patch ``module`` (a
+    ``TypeError`` naming ``"func"`` otherwise)."""
+    if name == "func":
+        return FuncBackend
+    from .higher_backend import HigherBackend, patch
 
-
-def patch(module: nn.Module) -> "higher.patch._MonkeyPatchBase":
-    """``higher.monkeypatch(module)``, or a ``TypeError`` that says why it cannot and names the fix."""
-    try:
-        return higher.patch.monkeypatch(module, copy_initial_weights=True, track_higher_grads=False)
-    except TypeError as exc:
-        raise TypeError(
-            f"backend='higher' cannot patch {type(module).__name__}: higher subclasses every submodule's class, and "
-            f"this fails here ({' '.join(str(exc).split())}). Use backend='func' (the default), which works with any module."
-        ) from None
-
-
-class HigherBackend:
-    """Unroll with ``higher.monkeypatch`` and ``higher.optim.get_diff_optim``."""
-
-    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer,
-                 grad_reduce: Optional[GradReduce] = None):
-        rules.rule_for(optimizer)  # the same clear errors as the func backend
-        # track_higher_grads=False on the *module* only keeps one list of fast weights
-        # instead of appending one per rebinding; the optimizer still builds the graph.
-        self.fmodel = patch(module)
-        self._trainable = [p.requires_grad for p in module.parameters()]
-        self.diffopt = _DIFFERENTIABLE[type(optimizer)](
-            optimizer, list(module.parameters()), fmodel=self.fmodel, track_higher_grads=True,
-            grad_callback=grad_reduce,
-        )
-        # higher keeps the fast weights of a call in a list captured by closures of the
-        # patched *class*; classes live in reference cycles, so whatever is left in that
-        # box outlives the call until a full garbage collection. We fill it for each call
-        # and empty it afterwards, as higher's own root forward does.
-        prop = type(self.fmodel).__dict__["direct_submodule_call"]
-        self._box = next(c.cell_contents for c in prop.fget.__closure__ if isinstance(c.cell_contents, list))
-
-    @property
-    def params(self) -> List[Tensor]:
-        return list(self.fmodel.fast_params)
-
-    def within(self, path: str, fn: Callable[[nn.Module], Any]) -> Any:
-        """``fn(patched submodule at path)`` with every patched submodule bound to ``theta_t``."""
-        fmodel = self.fmodel
-        fmodel.update_params(fmodel.fast_params)  # every patched submodule's attributes <- theta_t
-        self._box[0] = fmodel._expand_params(fmodel.fast_params)  # submodules called directly read theta_t
-        try:
-            return fn(fmodel.get_submodule(path))
-        finally:
-            self._box[0] = None
-
-    def step(self, loss: Tensor, create_graph: bool = True) -> None:
-        """One update; ``create_graph=False`` takes a constant step (no hypergradient)."""
-        self.diffopt._track_higher_grads = create_graph
-        self.diffopt.step(loss)
-        if not create_graph:  # higher re-enables grad on every detached parameter: keep frozen ones frozen
-            for p, trainable in zip(self.fmodel.fast_params, self._trainable):
-                p.requires_grad_(trainable)
-
-
-BACKENDS = {"higher": HigherBackend, "func": FuncBackend}
+    patch(module)
+    return HigherBackend

@@ -42,3 +42,8 @@ def mean_grads_differentiable(grads: List[Optional[Tensor]]) -> List[Optional[Te
 
     world = dist.get_world_size()
     return [None if g is None else all_reduce(g) / world for g in grads]
+
+
+def sum_(t: Tensor) -> None:
+    """Sum a tensor over ranks, in place (the balance's squared gradient norms)."""
+    dist.all_reduce(t)

@@ -13,7 +13,8 @@ These functions are the only place where optimizer maths lives; both backends
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+import math
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -139,8 +140,10 @@ RULES: Dict[type, Rule] = {
 }
 
 
-#: Group keys that change no maths (or that the rules read themselves).
-_NEUTRAL_KEYS = {"params", "foreach", "fused", "differentiable", "capturable", "initial_lr", "param_names", "name"}
+#: Group keys that change no maths (or that the rules read themselves), and the bookkeeping that learning-rate
+#: schedulers keep in the groups (they change ``lr``, ``betas`` or ``momentum``, which the rules read).
+_NEUTRAL_KEYS = {"params", "foreach", "fused", "capturable", "param_names", "name",
+                 "initial_lr", "max_lr", "min_lr", "base_lr", "base_momentum", "max_momentum"}
 _RULE_KEYS = {
     sgd: {"lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"},
     adam: {"lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay"},
@@ -162,15 +165,45 @@ def rule_for(optimizer: torch.optim.Optimizer) -> Rule:
             f"differentiable steps exist for {names} (exact classes, not subclasses)."
         )
     known = _RULE_KEYS[rule] | _NEUTRAL_KEYS
+    name = type(optimizer).__name__
     for i, group in enumerate(optimizer.param_groups):
         _check_fixed(group)
+        if group.get("differentiable"):
+            raise ValueError(
+                f"param group {i} of {name} sets differentiable=True: that flag makes torch.optim's own step "
+                "differentiable and its in-place teaching steps fail; lbt-plugin's unroll is differentiable by itself. "
+                f"Build the {name} without differentiable=True."
+            )
         for key, value in group.items():
-            if key not in known and value not in (None, False, 0):
+            if key not in known and key != "differentiable" and value not in (None, False, 0):
                 raise ValueError(
-                    f"param group {i} of {type(optimizer).__name__} sets {key}={value!r}, which the "
+                    f"param group {i} of {name} sets {key}={value!r}, which the "
                     "differentiable step does not implement; remove it or unroll with another optimizer."
                 )
+        _check_values(group, i, name)
     return rule
+
+
+#: The domain of each numeric hyper-parameter: a test and its description.
+_DOMAINS: Dict[str, Tuple[Callable[[float], bool], str]] = {
+    "lr": (lambda v: v >= 0, ">= 0"), "weight_decay": (lambda v: v >= 0, ">= 0"), "eps": (lambda v: v >= 0, ">= 0"),
+    "momentum": (lambda v: 0 <= v <= 1, "in [0, 1]"), "dampening": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "alpha": (lambda v: 0 <= v <= 1, "in [0, 1]"), "betas": (lambda v: 0 <= v < 1, "in [0, 1)"),
+}
+
+
+def _check_values(group: Dict[str, Any], i: int, name: str) -> None:
+    """Hyper-parameters in their domains: a NaN or negative learning rate from a checkpoint (torch.optim checks
+    only its constructor's arguments) would otherwise surface steps later as a non-finite loss."""
+    betas = group.get("betas", ())
+    if not isinstance(betas, (tuple, list)) or len(betas) not in (0, 2):
+        raise ValueError(f"param group {i} of {name} has betas={betas!r}; it must be a pair of numbers in [0, 1)")
+    values = [(key, group[key]) for key in _DOMAINS if key in group and key != "betas"]
+    for key, value in values + [("betas", b) for b in betas]:
+        test, domain = _DOMAINS[key]
+        v = _num(value)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not test(v):
+            raise ValueError(f"param group {i} of {name} has {key}={value!r}; it must be a finite number {domain}")
 
 
 def copy_state(optimizer: torch.optim.Optimizer, p: Tensor) -> State:

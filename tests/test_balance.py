@@ -1,0 +1,187 @@
+"""The balanced LBT-GAN (``gan_loss=`` in the call): the LBT gradient at the samples is ``weight`` times the GAN
+loss's in norm, exactly; its share of G's update stays in a band where the fixed form drifts; the GAN gradient
+survives bf16 autocast; errors name the fix."""
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lbt_plugin import LBTLoss
+from lbt_plugin._impl.toy import TinyCoupling, TinyGenerator
+from lbt_plugin.estimators import ConvVAE, GaussianMixture
+
+
+def _flat(grads):
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+@pytest.mark.parametrize("weight", [0.3, 1.0, 4.0])
+@pytest.mark.parametrize("options", [{}, {"backend": "higher"}, {"checkpoint": True}, {"truncate": 1}],
+                         ids=["func", "higher", "checkpoint", "truncate"])
+def test_the_lbt_gradient_at_the_samples_is_weight_times_the_gans_and_points_the_same_way(weight, options):
+    torch.manual_seed(0)
+    G, D, est = TinyGenerator(4, 2, 16), nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1)), \
+        TinyCoupling(2, 16)
+    data, z = torch.randn(32, 2) + 1, torch.randn(32, 4)
+    fake = G(z)
+    gan = nn.functional.softplus(-D(fake)).mean()  # non-saturating
+    g_gan, = torch.autograd.grad(gan, fake, retain_graph=True)
+    fixed = LBTLoss(copy.deepcopy(est), k=3, **options)
+    balanced = LBTLoss(copy.deepcopy(est), k=3, weight=weight, **options)
+    torch.manual_seed(1)
+    g_fixed, = torch.autograd.grad(fixed(fake, data), fake, retain_graph=True)
+    torch.manual_seed(1)
+    loss = balanced(fake, data, gan_loss=gan)
+    g_bal, = torch.autograd.grad(loss, fake, retain_graph=True)
+    assert g_bal.norm().item() == pytest.approx(weight * g_gan.norm().item(), rel=1e-5)  # float32 norms
+    cosine = (g_bal.flatten() @ g_fixed.flatten()) / (g_bal.norm() * g_fixed.norm())
+    assert cosine.item() == pytest.approx(1.0, abs=1e-5)  # a positive rescaling of the same gradient
+    torch.manual_seed(1)
+    assert loss.item() == pytest.approx(LBTLoss(copy.deepcopy(est), k=3, **options)(fake, data).item(), rel=1e-6)
+
+
+def _ring(n):
+    angle = torch.randint(8, (n,)) * 2 * math.pi / 8
+    return torch.stack([angle.cos(), angle.sin()], 1) * 2 + 0.02 * torch.randn(n, 2)
+
+
+def _wgan_gp_parameter_ratios(balanced, steps=20):
+    """caogang/wgan-gp's toy loop in miniature (MLP G and critic, 5 critic steps with gradient penalty per G
+    step, Adam(1e-4, (0.5, 0.9))), with the README's lines: |grad_G LBT| / |grad_G GAN| (L2) at every G step."""
+    torch.manual_seed(0)
+    G = nn.Sequential(nn.Linear(2, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
+    D = nn.Sequential(nn.Linear(2, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+    g_opt = torch.optim.Adam(G.parameters(), 1e-4, betas=(0.5, 0.9))
+    d_opt = torch.optim.Adam(D.parameters(), 1e-4, betas=(0.5, 0.9))
+    lbt = LBTLoss(GaussianMixture(2, 8), k=5)
+    ratios = []
+    for _ in range(steps):
+        for _ in range(5):
+            real, fake = _ring(64), G(torch.randn(64, 2)).detach()
+            eps = torch.rand(64, 1)
+            mix = (eps * real + (1 - eps) * fake).requires_grad_()
+            slope, = torch.autograd.grad(D(mix).sum(), mix, create_graph=True)
+            d_loss = D(fake).mean() - D(real).mean() + 10 * ((slope.norm(dim=1) - 1) ** 2).mean()
+            d_opt.zero_grad()
+            d_loss.backward()
+            d_opt.step()
+        real, fake = _ring(64), G(torch.randn(64, 2))
+        g_loss = -D(fake).mean()
+        loss = lbt(fake, real, gan_loss=g_loss if balanced else None)
+        params = list(G.parameters())
+        g_gan = _flat(torch.autograd.grad(g_loss, params, retain_graph=True))
+        g_lbt = _flat(torch.autograd.grad(loss, params, retain_graph=True))
+        ratios.append((g_lbt.norm() / g_gan.norm()).item())
+        g_opt.zero_grad()
+        (g_loss + loss).backward()
+        g_opt.step()
+    return ratios
+
+
+def test_in_a_wgan_gp_loop_the_share_stays_in_a_band_where_the_fixed_form_leaves_it():
+    """At the samples the ratio is exact (test above); on G's parameters both gradients pass through the same
+    Jacobian, which can weigh the two directions differently: within a decade of ``weight`` is the band
+    (measured 0.63 to 1.0 here). The fixed form with a Gaussian mixture sits at 0.01-0.08 (the issue's table:
+    0.085, then 6e-4 as the critic grows)."""
+    balanced = _wgan_gp_parameter_ratios(True)
+    assert all(0.1 < r < 10 for r in balanced), balanced
+    fixed = _wgan_gp_parameter_ratios(False)
+    assert sum(not 0.1 < r < 10 for r in fixed) >= len(fixed) // 2, fixed  # the control leaves the band
+
+
+class _GenPyTorchGAN(nn.Module):
+    """The generator of eriklindernoren/PyTorch-GAN's dcgan.py (Linear to 128x8x8, two upsampling conv
+    blocks), 1x32x32."""
+
+    def __init__(self, latent_dim=100):
+        super().__init__()
+        self.l1 = nn.Linear(latent_dim, 128 * 8 * 8)
+        self.conv_blocks = nn.Sequential(
+            nn.BatchNorm2d(128), nn.Upsample(scale_factor=2), nn.Conv2d(128, 128, 3, 1, 1),
+            nn.BatchNorm2d(128, 0.8), nn.LeakyReLU(0.2), nn.Upsample(scale_factor=2),
+            nn.Conv2d(128, 64, 3, 1, 1), nn.BatchNorm2d(64, 0.8), nn.LeakyReLU(0.2),
+            nn.Conv2d(64, 1, 3, 1, 1), nn.Tanh())
+
+    def forward(self, z):
+        return self.conv_blocks(self.l1(z).view(z.shape[0], 128, 8, 8))
+
+
+def _disc_pytorch_gan():
+    """PyTorch-GAN dcgan.py's discriminator: four strided conv blocks (LeakyReLU, Dropout2d, BatchNorm with
+    eps 0.8 after the first), a Linear and a Sigmoid."""
+    layers, widths = [], [1, 16, 32, 64, 128]
+    for i, (a, b) in enumerate(zip(widths, widths[1:])):
+        layers += [nn.Conv2d(a, b, 3, 2, 1), nn.LeakyReLU(0.2, inplace=True), nn.Dropout2d(0.25)]
+        layers += [nn.BatchNorm2d(b, 0.8)] if i else []
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(128 * 2 * 2, 1), nn.Sigmoid())
+
+
+def _init_normal(m):  # PyTorch-GAN's weights_init_normal
+    if "Conv" in type(m).__name__:
+        nn.init.normal_(m.weight, 0.0, 0.02)
+    elif "BatchNorm2d" in type(m).__name__:
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+def _bf16_gan_share(balanced):
+    """cos((total - LBT-only) gradient, GAN-only gradient) on G under bf16 autocast, PyTorch-GAN's dcgan.py
+    generator step (BCE) with the README's lines and a ConvVAE."""
+    torch.manual_seed(0)
+    G, D = _GenPyTorchGAN(), _disc_pytorch_gan()
+    G.apply(_init_normal), D.apply(_init_normal)
+    est = ConvVAE(1, 32, latent_dim=16, base=8)
+    real, z = torch.rand(16, 1, 32, 32) * 2 - 1, torch.randn(16, 100)
+    params = list(G.parameters())
+    grads = {}
+    for part in ("gan", "lbt", "total"):
+        lbt = LBTLoss(copy.deepcopy(est), k=2)
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fake = G(z)
+            g_loss = nn.functional.binary_cross_entropy(D(fake).float(), torch.ones(16, 1))
+            if part != "gan":
+                loss = lbt(fake, real, gan_loss=g_loss if balanced else None)
+        out = {"gan": g_loss, "lbt": loss if part == "lbt" else None, "total": g_loss + loss if part == "total"
+               else None}[part]
+        grads[part] = _flat(torch.autograd.grad(out, params)).float()
+    rest = grads["total"] - grads["lbt"]
+    return (rest @ grads["gan"] / (rest.norm() * grads["gan"].norm())).item()
+
+
+def test_under_bf16_autocast_the_gan_gradient_reaches_the_generator():
+    """Balanced at weight 1, the GAN part is half the sum at the samples: bf16's 2^-8 relative rounding of the
+    total leaves (total - LBT-only) within a few percent of the GAN gradient (cosine >= 0.99). The fixed form
+    here puts an LBT gradient orders of magnitude larger on the samples, and the GAN part is lost in its
+    rounding."""
+    assert _bf16_gan_share(True) >= 0.99
+    assert _bf16_gan_share(False) < 0.9  # the control: the issue measured -0.01 in PyTorch-GAN's own dcgan.py
+
+
+def test_a_gan_loss_function_balances_a_generator_argument_and_a_tensor_is_refused_there():
+    torch.manual_seed(0)
+    G, D, est = TinyGenerator(4, 2, 16), nn.Linear(2, 1), TinyCoupling(2, 16)
+    data = torch.randn(16, 2)
+    lbt = LBTLoss(est, k=2, teach_steps=0)
+    gan_fn = lambda x: nn.functional.softplus(-D(x)).mean()  # noqa: E731
+    loss = lbt(G, data, gan_loss=gan_fn)
+    loss.backward()
+    assert all(p.grad is not None for p in G.parameters())
+    fake = G(torch.randn(16, 4))
+    with pytest.raises(ValueError, match="does not depend on the samples passed"):
+        lbt(G, data, gan_loss=gan_fn(fake))
+    with pytest.raises(ValueError, match="does not require grad"):
+        lbt(fake, data, gan_loss=gan_fn(fake).detach())
+    with pytest.raises(TypeError, match="scalar floating-point tensor"):
+        lbt(fake, data, gan_loss=nn.functional.softplus(-D(fake)))
+
+
+def test_a_zero_gan_gradient_gives_a_zero_lbt_gradient_and_no_nan():
+    torch.manual_seed(0)
+    G, est = TinyGenerator(4, 2, 16), TinyCoupling(2, 16)
+    fake = G(torch.randn(16, 4))
+    loss = LBTLoss(est, k=2)(fake, torch.randn(16, 2), gan_loss=0.0 * fake.sum())
+    g, = torch.autograd.grad(loss, fake)
+    assert torch.equal(g, torch.zeros_like(g))
