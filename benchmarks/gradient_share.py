@@ -21,7 +21,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -53,7 +53,11 @@ def _norm1(grads) -> float:
     return float(sum(g.abs().sum() for g in grads if g is not None))
 
 
-def ratios(loop: str, kwargs: Dict, lbt: str, steps: int, seed: int) -> Dict[int, float]:
+#: The loops that read Fashion-MNIST (``root``: where its idx files are; default: Debian's path, ./data).
+IMAGE_LOOPS = {"pytorch_dcgan", "pytorchgan_dcgan", "pytorchgan_wgan_gp", "lightning_gan"}
+
+
+def ratios(loop: str, kwargs: Dict, lbt: str, steps: int, seed: int, root: Optional[str] = None) -> Dict[int, float]:
     """``{step: |grad_G LBT|_1 / |grad_G GAN|_1}`` at the first, middle and last generator step."""
     marks, out = {0, steps // 2, steps - 1}, {}
 
@@ -68,7 +72,7 @@ def ratios(loop: str, kwargs: Dict, lbt: str, steps: int, seed: int) -> Dict[int
     if loop == "mlp_2d":
         module.train(seed=seed, steps=steps, lbt=lbt, record=record, **kwargs)
     else:
-        module.train(lbt, steps, seed, record, **kwargs)
+        module.train(lbt, steps, seed, record, **kwargs, **({"root": root} if loop in IMAGE_LOOPS else {}))
     return out
 
 
@@ -81,6 +85,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=None, help="generator steps per loop (default: each loop's)")
     p.add_argument("--only", default=None, help="run only the loops whose label contains this text")
+    p.add_argument("--data-root", default=None, help="Fashion-MNIST's idx files (default: Debian's path, ./data)")
     p.add_argument("--out", type=Path, default=Path("docs/lbt.md"), help="'-' to only print")
     args = p.parse_args()
     header = ["| loop | form | first step | middle | last step |", "|---|---|---|---|---|"]
@@ -91,7 +96,7 @@ def main() -> None:
         steps = args.steps or default_steps
         for lbt in ("fixed", "balanced"):
             start = time.perf_counter()
-            runs = [ratios(loop, kwargs, lbt, steps, seed) for seed in range(args.seeds)]
+            runs = [ratios(loop, kwargs, lbt, steps, seed, args.data_root) for seed in range(args.seeds)]
             cells = [_cell([r[s] for r in runs]) for s in sorted(runs[0])]
             lines.append(f"| {label} | {lbt} | " + " | ".join(cells) + " |")
             print(lines[-1], f"({time.perf_counter() - start:.0f} s)", flush=True)

@@ -17,7 +17,7 @@ Which to pick:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -194,6 +194,25 @@ class GaussianMixture(nn.Module):
             self.log_std = nn.Parameter(log_std)
         else:
             self.register_buffer("log_std", log_std)
+
+    @classmethod
+    def from_data(cls, data: Tensor, n_components: int = 32, **kwargs: Any) -> "GaussianMixture":
+        """A mixture placed on the data's scale: means at ``n_components`` distinct random rows of ``data [N, D]``,
+        every standard deviation ``s / n_components ** (1 / D)`` with ``s`` the data's mean per-dimension
+        standard deviation (the spacing of ``n_components`` points spread over the data), so that the default
+        optimizer's small steps fit it to a generator at any data scale. ``kwargs`` go to the constructor."""
+        if not isinstance(data, Tensor) or data.dim() != 2 or data.shape[0] < n_components:
+            raise ValueError(f"from_data needs a tensor [N >= n_components = {n_components}, dim] of data points, "
+                             f"got {tuple(getattr(data, 'shape', ()))}")
+        data = data.detach().float()
+        if not bool(torch.isfinite(data).all()):
+            raise ValueError("from_data: the data contain NaN or inf")
+        rows = data[torch.randperm(data.shape[0], device=data.device)[:n_components]].cpu()
+        spread = float(data.std(dim=0).mean())
+        if not spread > 0:
+            raise ValueError("from_data: the data have no spread (every point is the same)")
+        std = spread / n_components ** (1.0 / data.shape[1])
+        return cls(data.shape[1], n_components, init_loc=rows, init_std=std, **kwargs)
 
     def log_prob(self, x: Tensor) -> Tensor:
         if x.dim() != 2 or x.shape[1] != self.dim:

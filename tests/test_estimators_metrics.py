@@ -142,3 +142,17 @@ def test_lbt_with_each_estimator_runs_a_step():
         loss = LBTLoss(est, k=2)(gen, data)
         loss.backward()
         assert torch.isfinite(loss)
+
+
+def test_a_mixture_from_data_sits_on_the_data_and_refuses_what_it_cannot_use():
+    torch.manual_seed(0)
+    data = torch.randn(500, 2) * 3 + 10
+    mix = GaussianMixture.from_data(data, 16)
+    assert mix.loc.shape == (16, 2) and all(any(torch.equal(m, row) for row in data) for m in mix.loc)
+    std = mix.log_std.detach().exp()  # the constructor's init_std (its soft bound shifts the used one by <1%)
+    torch.testing.assert_close(std, torch.full_like(std, float(data.std(0).mean()) / 16 ** 0.5), rtol=1e-6, atol=0)
+    assert mix.log_prob(data).mean() > GaussianMixture(2, 16).log_prob(data).mean()  # on the data's scale
+    with pytest.raises(ValueError, match="N >= n_components"):
+        GaussianMixture.from_data(data[:8], 16)
+    with pytest.raises(ValueError, match="no spread"):
+        GaussianMixture.from_data(torch.ones(20, 2), 4)

@@ -22,10 +22,11 @@ from lbt_plugin import LBTLoss  # LBT
 from lbt_plugin.estimators import VAE, GaussianMixture, RealNVP  # LBT
 from lbt_plugin.metrics import grid, mode_stats, ring
 
-ESTIMATORS: Dict[str, Callable[[], nn.Module]] = {
-    "vae": lambda: VAE(2),
-    "mixture": lambda: GaussianMixture(2, 32),
-    "flow": lambda: RealNVP(2),
+#: The package's point estimators, as a user builds them from their data sampler.
+ESTIMATORS: Dict[str, Callable[[Callable[[int], torch.Tensor]], nn.Module]] = {
+    "vae": lambda sample: VAE(2),
+    "mixture": lambda sample: GaussianMixture.from_data(sample(4096), 32),
+    "flow": lambda sample: RealNVP(2),
 }
 
 
@@ -41,7 +42,7 @@ def train(dataset: str = "ring", seed: int = 0, steps: int = 3000, lbt: str = "b
     criterion = nn.BCEWithLogitsLoss()
     ones, zeros = torch.ones(batch, 1), torch.zeros(batch, 1)
     if lbt != "none":
-        loss_lbt = LBTLoss(ESTIMATORS[estimator](), k=k, weight=weight)  # LBT
+        loss_lbt = LBTLoss(ESTIMATORS[estimator](target.sample), k=k, weight=weight)  # LBT
     for step in range(steps):
         real = target.sample(batch)
         fake = G(torch.randn(batch, 2))

@@ -58,9 +58,10 @@ class Discriminator(nn.Module):
         return self.main(input).view(-1, 1).squeeze(1)
 
 
-def train(lbt: str = "balanced", steps: int = 100, seed: int = 0, record: Optional[Callable] = None) -> None:
+def train(lbt: str = "balanced", steps: int = 100, seed: int = 0, record: Optional[Callable] = None,
+          root: Optional[str] = None) -> None:
     torch.manual_seed(seed)
-    images = load_digits("fashion-mnist")[0][:10000]
+    images = load_digits("fashion-mnist", root)[0][:10000]
     dataset = F.interpolate(images.float().div(255).unsqueeze(1), size=image_size, mode="bilinear") * 2 - 1
     netG, netD = Generator(), Discriminator()
     netG.apply(weights_init)

@@ -65,9 +65,10 @@ class Discriminator(nn.Module):
         return self.adv_layer(out)
 
 
-def train(lbt: str = "balanced", steps: int = 100, seed: int = 0, record: Optional[Callable] = None) -> None:
+def train(lbt: str = "balanced", steps: int = 100, seed: int = 0, record: Optional[Callable] = None,
+          root: Optional[str] = None) -> None:
     torch.manual_seed(seed)
-    images = load_digits("fashion-mnist")[0][:10000]
+    images = load_digits("fashion-mnist", root)[0][:10000]
     data = F.interpolate(images.float().div(255).unsqueeze(1), size=img_size, mode="bilinear") * 2 - 1
     adversarial_loss = torch.nn.BCELoss()
     generator, discriminator = Generator(), Discriminator()

@@ -60,9 +60,10 @@ def compute_gradient_penalty(D, real_samples, fake_samples):
     return ((gradients.norm(2, dim=1) - 1) ** 2).mean()
 
 
-def train(lbt: str = "balanced", steps: int = 100, seed: int = 0, record: Optional[Callable] = None) -> None:
+def train(lbt: str = "balanced", steps: int = 100, seed: int = 0, record: Optional[Callable] = None,
+          root: Optional[str] = None) -> None:
     torch.manual_seed(seed)
-    data = load_digits("fashion-mnist")[0][:10000].float().div(255).unsqueeze(1) * 2 - 1
+    data = load_digits("fashion-mnist", root)[0][:10000].float().div(255).unsqueeze(1) * 2 - 1
     generator, discriminator = Generator(), Discriminator()
     optimizer_G = torch.optim.Adam(generator.parameters(), lr=lr, betas=(b1, b2))
     optimizer_D = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=(b1, b2))
