@@ -43,10 +43,12 @@ def _safe_sqrt(v: Tensor) -> Tensor:
 
     ``torch.optim`` never differentiates its update; we do, and ``d sqrt(v)/dv``
     is infinite at 0, which turns the zero gradient of an untouched entry into
-    NaN. Values are bit-identical to ``v.sqrt()``.
+    NaN. Values are bit-identical to ``v.sqrt()``. Four operations (``gt``,
+    ``where`` with a scalar, ``sqrt``, ``where`` with a scalar): scalars need no
+    ``ones_like``/``zeros_like`` kernels.
     """
     positive = v > 0
-    return torch.where(positive, torch.where(positive, v, torch.ones_like(v)).sqrt(), torch.zeros_like(v))
+    return torch.where(positive, torch.where(positive, v, 1.0).sqrt(), 0.0)
 
 
 def sgd(group: Dict[str, Any], p: Tensor, g: Tensor, state: State) -> Tensor:
