@@ -74,18 +74,15 @@ class FuncBackend:
                  grad_reduce: Optional[GradReduce] = None):
         self.module = module
         self.grad_reduce = grad_reduce
-        self.rule = rules.rule_for(optimizer)
-        self.groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        self.groups = [rules.on_host(g) for g in optimizer.param_groups]  # read at every step: kept on the host
+        self.rule = rules.rule_for(optimizer, self.groups)
         params, buffers, self._param_slots, self._buffer_slots = _walk(module)  # one walk over the module
         self.index = index = optimizer_index(module, optimizer, params)
         self.params: List[Tensor] = [p.detach().clone().requires_grad_(p.requires_grad) for p in params]
         self._trainable = [i for i, p in enumerate(params) if p.requires_grad]
         self.buffers: List[Tensor] = [b.detach().clone() for b in buffers]
-        self.state = {
-            i: rules.copy_state(optimizer, p)
-            for group, ids in zip(optimizer.param_groups, index)
-            for i, p in zip(ids, group["params"])
-        }
+        held = [(i, p) for group, ids in zip(optimizer.param_groups, index) for i, p in zip(ids, group["params"])]
+        self.state = dict(zip((i for i, _ in held), rules.copy_states(optimizer, [p for _, p in held])))
         self._buckets = _Buckets()
 
     def within(self, path: str, fn: Callable[[nn.Module], Any]) -> Any:
