@@ -161,3 +161,20 @@ def test_the_default_is_flat_where_it_pays(monkeypatch):
     assert FuncBackend(m, torch.optim.Adam(m.parameters()))._flat_pays(cpu)
     assert not FuncBackend(m, torch.optim.SGD(m.parameters(), lr=0.1))._flat_pays(cpu)
     assert FuncBackend(m, torch.optim.SGD(m.parameters(), lr=0.1))._flat_pays(cuda)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("name", ["adam", "adamw-amsgrad-maximize", "rmsprop-centered-momentum-wd", "sgd-nesterov-wd"])
+def test_cuda_flat_updates_are_bit_identical_to_per_parameter_rules(name, dtype, per_parameter):
+    """The same on the device: its elementwise kernels compute each entry alike wherever it lies in a tensor."""
+    torch.manual_seed(0)
+    est = TinyCoupling(2, 8).to("cuda", dtype)
+    x = torch.randn(32, 2, dtype=dtype, device="cuda")
+    opt = CONFIGS[name](est.parameters())
+    _step(est, opt, x)
+    flat = _unroll_and_hypergradient(est, opt, x, 4)
+    with per_parameter:
+        reference = _unroll_and_hypergradient(est, opt, x, 4)
+    assert all(torch.equal(a, b) for a, b in zip(flat[0], reference[0]))
+    assert torch.equal(flat[2], reference[2])
