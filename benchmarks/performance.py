@@ -17,12 +17,15 @@ Variants, timed side by side in one process, interleaved round by round (median 
 - floor: the same LBT step written with plain autograd (``functional_call``,
   ``autograd.grad(create_graph=True)``, the update rule inline), no package code;
 - lbt func (default) / lbt higher: ``LBTLoss(..., backend=...)`` and its backward; and the default
-  with ``check_finite=False`` (no host synchronisations);
+  with ``check_finite=False`` (no host synchronisations), and with its update mode forced: one update-rule
+  call per parameter, or one per bucket of parameters (``FuncBackend.flat``; the default chooses by device
+  and rule);
 - stock higher: ``higher.innerloop_ctx`` with higher's own differentiable optimizer;
 - TorchOpt: its functional optimizer (when ``torchopt`` is installed).
 
 Beside time: the largest difference of the float64 generator gradient from the floor's
 (0 means the same numbers; stock higher and TorchOpt compute Adam slightly differently).
+The number of aten operations of one step that are not views (each is a kernel launch, or more, on a GPU).
 Then the memory table: graph memory of the full unroll, ``checkpoint=True`` and ``truncate=5``.
 """
 from __future__ import annotations
@@ -38,9 +41,11 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm import tqdm
 
 from lbt_plugin import LBTLoss
+from lbt_plugin._impl.backends import FuncBackend
 from lbt_plugin.estimators import ConvVAE, GaussianMixture, RealNVP
 from lbt_plugin.profile import GraphMemory
 
@@ -209,9 +214,26 @@ def torchopt_step(s: Setting, k: int) -> Callable[[], Tensor]:
     return run
 
 
+def forced_step(s: Setting, k: int, flat: bool) -> Callable[[], Tensor]:
+    """The default with its update mode forced: one rule call per bucket of parameters (``flat``) or per
+    parameter (``FuncBackend.flat``; the default chooses by device and rule)."""
+    step = lbt_step(s, k, "func")
+
+    def run() -> Tensor:
+        before, FuncBackend.flat = FuncBackend.flat, flat
+        try:
+            return step()
+        finally:
+            FuncBackend.flat = before
+
+    return run
+
+
 def variants(s: Setting, k: int, extra: bool) -> Dict[str, Callable[[], Tensor]]:
     out = {"floor": floor_step(s, k), "lbt func (default)": lbt_step(s, k, "func"),
            "lbt func, no finite checks": lbt_step(s, k, "func", check_finite=False),
+           "lbt func, per-parameter updates": forced_step(s, k, flat=False),
+           "lbt func, flat updates": forced_step(s, k, flat=True),
            "lbt higher": lbt_step(s, k, "higher")}
     if extra:
         out["stock higher"] = stock_higher_step(s, k)
@@ -255,6 +277,30 @@ def exactness(setting: str, k: int, device: torch.device, extra: bool) -> Dict[s
             grads[name] = fn().clone()
     ref = grads["floor"]
     return {name: float((g - ref).abs().max() / ref.abs().max()) for name, g in grads.items()}
+
+
+class _Operations(TorchDispatchMode):
+    """Counts the aten operations of a call that are not views: each is one kernel launch, or more, on a GPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if not func.is_view:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def operations(fns: Dict[str, Callable[[], Tensor]]) -> Dict[str, int]:
+    """Non-view aten operations of one step of each variant (after one step that warms it up)."""
+    out = {}
+    for name, fn in fns.items():
+        fn()
+        with _Operations() as ops:
+            fn()
+        out[name] = ops.count
+    return out
 
 
 def graph_mib(s: Setting, k: int, **options) -> Tuple[float, Optional[float]]:
@@ -303,13 +349,15 @@ def main() -> None:
     for name in tqdm(args.settings, desc="settings"):
         s = Setting(name, device)
         t, rounds = timed(variants(s, args.k, extra), args.rounds, device, args.seconds)
-        rows.append((name, t, exactness(name, args.k, device, extra), rounds))
+        rows.append((name, t, exactness(name, args.k, device, extra), rounds, operations(variants(s, args.k, extra))))
     names = list(rows[0][1])
     timing = ["| setting | rounds | " + " | ".join(f"{n} (ms)" for n in names) + " | " +
               " | ".join(f"{n} / floor" for n in names[1:]) + " |",
               "|---|---|" + "---|" * (2 * len(names) - 1)]
     exact = ["| setting | " + " | ".join(names[1:]) + " |", "|---|" + "---|" * (len(names) - 1)]
-    for name, t, e, rounds in rows:
+    ops = ["| setting | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for name, t, e, rounds, counts in rows:
+        ops.append(f"| {name} | " + " | ".join(str(counts[n]) for n in names) + " |")
         timing.append(f"| {name} | {rounds} | " + " | ".join(f"{1e3 * t[n]:.2f}" for n in names) + " | " +
                       " | ".join(f"{t[n] / t['floor']:.3f}" for n in names[1:]) + " |")
         exact.append(f"| {name} | " + " | ".join(f"{e[n]:.1e}" for n in names[1:]) + " |")
@@ -335,6 +383,8 @@ def main() -> None:
             + "\n".join(timing) +
             "\n\nLargest difference of the float64 generator gradient from the floor's, relative to its largest "
             "entry:\n\n" + "\n".join(exact) +
+            "\n\naten operations of one step that are not views (kernel launches on a GPU: one or more each):\n\n"
+            + "\n".join(ops) +
             "\n\nMemory the autograd graph holds for the backward pass (dcgan setting, default backend; saved "
             "storages):\n\n" + "\n".join(memory))
     print(body)

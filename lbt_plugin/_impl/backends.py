@@ -55,24 +55,35 @@ def optimizer_index(module: nn.Module, optimizer: torch.optim.Optimizer,
 
 
 class FuncBackend:
-    """Unroll with the module's own code, ``theta_t`` placed in its parameter slots, and ``torch.autograd.grad``."""
+    """Unroll with the module's own code, ``theta_t`` placed in its parameter slots, and ``torch.autograd.grad``.
+
+    Updates can be multi-tensor: the parameters of one param group that share dtype, device, step count and
+    state layout and are contiguous are updated as one flat tensor, so that each operation of the rule runs
+    once per bucket instead of once per parameter (:class:`_Buckets`). The rules are elementwise, so every
+    entry goes through the same arithmetic as in a per-parameter call: theta_K, the state and the
+    hypergradient are bit-identical (tests/test_flat_updates.py).
+    """
+
+    #: ``True``: one rule call per bucket of parameters; ``False``: one per parameter; ``None`` (default): per
+    #: bucket on accelerators, where every operation is a kernel launch, and on CPU for the rules of many
+    #: operations (Adam, AdamW, RMSprop), where the concatenations cost less than the calls they save; SGD on CPU
+    #: (one to three operations per parameter) is faster per parameter (docs/performance.md).
+    flat: Optional[bool] = None
 
     def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer,
                  grad_reduce: Optional[GradReduce] = None):
         self.module = module
         self.grad_reduce = grad_reduce
-        self.rule = rules.rule_for(optimizer)
-        self.groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        self.groups = [rules.on_host(g) for g in optimizer.param_groups]  # read at every step: kept on the host
+        self.rule = rules.rule_for(optimizer, self.groups)
         params, buffers, self._param_slots, self._buffer_slots = _walk(module)  # one walk over the module
         self.index = index = optimizer_index(module, optimizer, params)
         self.params: List[Tensor] = [p.detach().clone().requires_grad_(p.requires_grad) for p in params]
         self._trainable = [i for i, p in enumerate(params) if p.requires_grad]
         self.buffers: List[Tensor] = [b.detach().clone() for b in buffers]
-        self.state = {
-            i: rules.copy_state(optimizer, p)
-            for group, ids in zip(optimizer.param_groups, index)
-            for i, p in zip(ids, group["params"])
-        }
+        held = [(i, p) for group, ids in zip(optimizer.param_groups, index) for i, p in zip(ids, group["params"])]
+        self.state = dict(zip((i for i, _ in held), rules.copy_states(optimizer, [p for _, p in held])))
+        self._buckets = _Buckets()
 
     def within(self, path: str, fn: Callable[[nn.Module], Any]) -> Any:
         """``fn(module.get_submodule(path))`` with ``theta_t`` and the buffer copies in the module's slots; the
@@ -110,14 +121,23 @@ class FuncBackend:
             grads = self.grad_reduce(list(grads))
         grad_of = dict(zip(trainable, grads))
         for group, ids in zip(self.groups, self.index):
-            for i in ids:
-                g = grad_of.get(i)
-                if g is not None:
-                    self.params[i] = self.rule(group, self.params[i], g, self.state[i])
+            used = [i for i in ids if grad_of.get(i) is not None]
+            for members in self._buckets.partition(used, self.params, self.state):
+                if len(members) > 1 and self._flat_pays(self.params[members[0]].device):
+                    self._buckets.update(self.rule, group, members, self.params, grad_of, self.state)
+                    continue
+                for i in members:
+                    self.params[i] = self.rule(group, self.params[i], grad_of[i], self.state[i])
         if not create_graph:
             self.params = [p.detach().requires_grad_(p.requires_grad) for p in self.params]
             self.state = {i: {k: v.detach() if isinstance(v, Tensor) else v for k, v in s.items()}
                           for i, s in self.state.items()}
+
+    def _flat_pays(self, device: torch.device) -> bool:
+        """Whether to update a bucket of parameters on ``device`` in one rule call (see :attr:`flat`)."""
+        if self.flat is not None:
+            return self.flat
+        return device.type != "cpu" or self.rule is not rules.sgd
 
     def checkpointed_step(self, loss_fn: Callable[[], Tensor]) -> Tensor:
         """One differentiable update whose graph is recomputed during backward, not stored.
@@ -160,6 +180,79 @@ class FuncBackend:
         for (i, k), v in zip(out_layout["keys"], out[1 + n:]):
             self.state[i][k] = v
         return out[0]
+
+
+class _Buckets:
+    """Multi-tensor updates through the per-parameter rules, differentiable by autograd.
+
+    ``torch._foreach_*`` kernels would launch once per bucket but are not differentiable; instead the members of
+    a bucket are concatenated into one flat tensor (parameters, gradients and each state tensor), the rule runs
+    once on the flat tensors, and the results are split back into views of the original shapes. For ``P``
+    parameters and a rule of ``r`` operations a step then costs ``r + 2`` kernels instead of ``r P``
+    (the splits and reshapes are views, no kernels). Since the rules are elementwise, entry ``j`` of the flat
+    result is ``rule(p_j, g_j, s_j)`` exactly as in a per-parameter call.
+
+    The flat state tensors of the last update of each bucket are kept; while the backend's state tensors are
+    still the views of them (the next step of the same unroll), their concatenation is skipped.
+    """
+
+    def __init__(self) -> None:
+        #: bucket members -> (flat state tensors, the views of them handed out)
+        self._last: Dict[Tuple[int, ...], Tuple[Dict[str, Tensor], List[Tensor]]] = {}
+
+    @staticmethod
+    def partition(used: List[int], params: List[Tensor], state: Dict[int, rules.State]) -> List[List[int]]:
+        """``used`` (the parameters of one group with a gradient) in buckets that one rule call can update:
+        the same dtype, device and non-tensor state (Adam's step count), the same state tensors, and
+        contiguous (a flat result is contiguous; a channels-last weight keeps its own call and layout)."""
+        buckets: Dict[Any, List[int]] = {}
+        for i in used:
+            p, s = params[i], state[i]
+            tensors = [v for v in s.values() if isinstance(v, Tensor)]
+            if not p.is_contiguous() or any(v.dtype != p.dtype or v.device != p.device or v.shape != p.shape
+                                            for v in tensors):
+                key: Any = ("own", i)
+            else:
+                key = (p.dtype, p.device, tuple(sorted((k, v if not isinstance(v, Tensor) else None)
+                                                       for k, v in s.items())))
+            buckets.setdefault(key, []).append(i)
+        return list(buckets.values())
+
+    def update(self, rule: rules.Rule, group: Dict[str, Any], members: List[int], params: List[Tensor],
+               grad_of: Dict[int, Optional[Tensor]], state: Dict[int, rules.State]) -> None:
+        """``params[i]`` and ``state[i]`` for ``i`` in ``members`` after one ``rule`` step, in one call."""
+        tensor_keys = [k for k, v in state[members[0]].items() if isinstance(v, Tensor)]
+        views = [state[i][k] for k in tensor_keys for i in members]
+        last = self._last.get(tuple(members))
+        if last is not None and len(last[1]) == len(views) and all(a is b for a, b in zip(last[1], views)) \
+                and set(last[0]) == set(tensor_keys):
+            flat_state = dict(last[0])
+        else:
+            flat_state = {k: torch.cat([state[i][k].reshape(-1) for i in members]) for k in tensor_keys}
+        # The parameters are concatenated at every step, though the last step's flat tensor holds the same values:
+        # theta_t is used by the loss, by its gradient's graph and by the update, and autograd then sums the three
+        # contributions to its gradient at the view, in the order of a per-parameter update: the hypergradient
+        # stays bit-identical. (Reusing the flat tensor adds the update's contribution after the other two.)
+        flat_p = torch.cat([params[i].reshape(-1) for i in members])
+        flat_g = torch.cat([grad_of[i].reshape(-1) for i in members])  # type: ignore[union-attr]
+        s: rules.State = {k: v for k, v in state[members[0]].items() if not isinstance(v, Tensor)}
+        s.update(flat_state)
+        new_p = rule(group, flat_p, flat_g, s)
+        shapes = [params[i].shape for i in members]
+        sizes = [params[i].numel() for i in members]
+        for i, piece, shape in zip(members, new_p.split(sizes), shapes):
+            params[i] = piece.view(shape)
+        new_tensors = {k: v for k, v in s.items() if isinstance(v, Tensor)}
+        for k, flat in new_tensors.items():
+            for i, piece, shape in zip(members, flat.split(sizes), shapes):
+                state[i][k] = piece.view(shape)
+        for i in members:
+            for k, v in s.items():
+                if not isinstance(v, Tensor):
+                    state[i][k] = v
+        handed = [state[i][k] for k in [k for k, v in state[members[0]].items() if isinstance(v, Tensor)]
+                  for i in members]
+        self._last[tuple(members)] = (new_tensors, handed)
 
 
 Slot = Tuple[Dict[str, Any], str, int]

@@ -14,7 +14,7 @@ These functions are the only place where optimizer maths lives; both backends
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -34,8 +34,32 @@ def _check_fixed(group: Dict[str, Any]) -> None:
 
 
 def _num(x: Any) -> Any:
-    """A Python number for ``alpha=``/``value=`` arguments (as torch converts a 0-d tensor)."""
+    """A Python number for ``alpha=``/``value=`` arguments (as torch converts a 0-d tensor).
+
+    Hyper-parameters reach the rules through :func:`on_host`, so a tensor here is a CPU tensor and ``item()``
+    reads host memory: no device synchronisation.
+    """
     return x.item() if isinstance(x, Tensor) else x
+
+
+def on_host(group: Dict[str, Any]) -> Dict[str, Any]:
+    """A copy of a param group's hyper-parameters (without ``params``) whose tensors are on the CPU.
+
+    A tensor learning rate (or beta) may live on the accelerator (``capturable``/``fused`` optimizers); the
+    rules read it at every step (``_num``, ``wd != 0``), and each read of a device tensor would wait for the
+    device. Copied once here, per unroll, it keeps its dtype and value, and the rules' scalar arithmetic on it
+    (``lr / (1 - beta1**t)`` in its dtype) is the CPU's. torch.optim computes such step sizes on the device,
+    with other kernels, in its capturable and fused steps, so theta_K is compared with those under the
+    rounding bound anyway (docs/check.md). A tensor on the CPU is kept as it is.
+    """
+    def host(v: Any) -> Any:
+        if isinstance(v, Tensor) and v.device.type != "cpu":
+            return v.detach().cpu()
+        if isinstance(v, tuple):
+            return tuple(host(x) for x in v)
+        return v
+
+    return {k: host(v) for k, v in group.items() if k != "params"}
 
 
 def _safe_sqrt(v: Tensor) -> Tensor:
@@ -43,10 +67,12 @@ def _safe_sqrt(v: Tensor) -> Tensor:
 
     ``torch.optim`` never differentiates its update; we do, and ``d sqrt(v)/dv``
     is infinite at 0, which turns the zero gradient of an untouched entry into
-    NaN. Values are bit-identical to ``v.sqrt()``.
+    NaN. Values are bit-identical to ``v.sqrt()``. Four operations (``gt``,
+    ``where`` with a scalar, ``sqrt``, ``where`` with a scalar): scalars need no
+    ``ones_like``/``zeros_like`` kernels.
     """
     positive = v > 0
-    return torch.where(positive, torch.where(positive, v, torch.ones_like(v)).sqrt(), torch.zeros_like(v))
+    return torch.where(positive, torch.where(positive, v, 1.0).sqrt(), 0.0)
 
 
 def sgd(group: Dict[str, Any], p: Tensor, g: Tensor, state: State) -> Tensor:
@@ -151,11 +177,13 @@ _RULE_KEYS = {
 }
 
 
-def rule_for(optimizer: torch.optim.Optimizer) -> Rule:
+def rule_for(optimizer: torch.optim.Optimizer, host_groups: Optional[List[Dict[str, Any]]] = None) -> Rule:
     """The rule for ``optimizer``, or a clear error.
 
     Raises ``TypeError`` for an optimizer class without a rule and ``ValueError``
     for a param-group setting the rule would not honour (rather than ignoring it).
+    ``host_groups``: the groups' :func:`on_host` copies, if the caller made them, whose values are checked
+    instead of the originals' (reading a device tensor would synchronise).
     """
     rule = RULES.get(type(optimizer))
     if rule is None:
@@ -180,7 +208,7 @@ def rule_for(optimizer: torch.optim.Optimizer) -> Rule:
                     f"param group {i} of {name} sets {key}={value!r}, which the "
                     "differentiable step does not implement; remove it or unroll with another optimizer."
                 )
-        _check_values(group, i, name)
+        _check_values(group if host_groups is None else host_groups[i], i, name)
     return rule
 
 
@@ -208,12 +236,30 @@ def _check_values(group: Dict[str, Any], i: int, name: str) -> None:
 
 def copy_state(optimizer: torch.optim.Optimizer, p: Tensor) -> State:
     """A detached copy of ``optimizer.state[p]``; tensor step counters become floats."""
-    copied: State = {}
-    for key, value in optimizer.state.get(p, {}).items():
-        if key == "step":
-            copied[key] = float(value)
-        elif isinstance(value, Tensor):
-            copied[key] = value.detach().clone()
-        else:
-            copied[key] = value
+    return copy_states(optimizer, [p])[0]
+
+
+def copy_states(optimizer: torch.optim.Optimizer, params: List[Tensor]) -> List[State]:
+    """Detached copies of ``optimizer.state[p]`` for each of ``params``; tensor step counters become floats.
+
+    Step counters on the accelerator (``capturable``/``fused`` optimizers keep them there) are read in one
+    transfer per device and dtype, not one synchronisation per parameter.
+    """
+    copied: List[State] = [{} for _ in params]
+    steps: Dict[Tuple[torch.device, torch.dtype], List[Tuple[State, Tensor]]] = {}
+    for out, p in zip(copied, params):
+        for key, value in optimizer.state.get(p, {}).items():
+            if key == "step" and isinstance(value, Tensor):
+                out[key] = 0.0  # filled below; keeps the keys' order
+                steps.setdefault((value.device, value.dtype), []).append((out, value))
+            elif key == "step":
+                out[key] = float(value)
+            elif isinstance(value, Tensor):
+                out[key] = value.detach().clone()
+            else:
+                out[key] = value
+    for entries in steps.values():
+        values = torch.stack([v.detach().reshape(()) for _, v in entries]).tolist()
+        for (out, _), value in zip(entries, values):
+            out["step"] = float(value)
     return copied
