@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
 from lbt_plugin import LBTLoss, Unroller  # noqa: E402
-from lbt_plugin.data import load_digits  # noqa: E402
+from lbt_plugin.data import load_idx_dataset, stack_channels  # noqa: E402
 from lbt_plugin.estimators import ConvVAE  # noqa: E402
 from lbt_plugin.metrics import classifier_features, stacked_mode_stats, train_digit_classifier  # noqa: E402
 from dcgan_lbt import save_checkpoint  # noqa: E402  (atomic: a crash while saving keeps the last good one)
@@ -129,10 +129,8 @@ class Discriminator(nn.Module):
 # ----------------------------------------------------------------------------- data
 def stacked_data(data_root: Optional[Path]) -> Tensor:
     """60,000 stacked images ``[N, 3, 28, 28]`` in [-1, 1]: three random training images as the channels."""
-    images, _ = load_digits("fashion-mnist", data_root)
-    x = images.float().div(127.5).sub(1)
-    idx = torch.randint(len(x), (len(x), 3), generator=torch.Generator().manual_seed(0))
-    return x[idx]
+    images, _ = load_idx_dataset("fashion-mnist", data_root)
+    return stack_channels(images.float().div(127.5).sub(1).unsqueeze(1))
 
 
 # ----------------------------------------------------------------------------- one run
@@ -365,7 +363,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args.runs.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
-    images, labels = load_digits("fashion-mnist", args.data_root)
+    images, labels = load_idx_dataset("fashion-mnist", args.data_root)
     classifier_path = args.runs / "classifier.pt"
     _, accuracy = train_digit_classifier(images, labels, epochs=2, cache=str(classifier_path))
     print(f"classifier: held-out accuracy {100 * accuracy:.1f}%", flush=True)

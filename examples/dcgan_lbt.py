@@ -29,7 +29,7 @@ import torchvision.utils as vutils
 from tqdm import tqdm
 
 from lbt_plugin import LBTLoss  # LBT
-from lbt_plugin.data import DEBIAN_ROOTS, load_digits
+from lbt_plugin.data import DATASETS, load_idx_dataset, stack_channels
 from lbt_plugin.estimators import ConvVAE  # LBT
 
 def load_dataset(name: str, root: Optional[Path], image_size: int) -> torch.Tensor:
@@ -38,8 +38,8 @@ def load_dataset(name: str, root: Optional[Path], image_size: int) -> torch.Tens
 
     stacked = name.startswith("stacked-")
     base = name.removeprefix("stacked-")
-    if base in DEBIAN_ROOTS:
-        images, _ = load_digits(base, root)
+    if base in DATASETS:
+        images, _ = load_idx_dataset(base, root)
         x = images.float().div(255).unsqueeze(1)
     elif base in ("cifar10", "folder"):
         import torchvision.datasets as dsets
@@ -61,11 +61,7 @@ def load_dataset(name: str, root: Optional[Path], image_size: int) -> torch.Tens
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
     x = x * 2 - 1
     if stacked:
-        if x.shape[1] != 1:
-            raise ValueError("stacked datasets are built from single-channel digit sets")
-        g = torch.Generator().manual_seed(0)
-        idx = torch.randint(len(x), (len(x), 3), generator=g)
-        x = x[idx].squeeze(2)  # [N, 3, H, W]: three random digits as the RGB channels
+        x = stack_channels(x)  # [N, 3, H, W]: three random images as the RGB channels
     return x
 
 

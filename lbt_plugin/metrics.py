@@ -108,7 +108,7 @@ def fid(source_a: str, source_b: str, *, weights: Optional[str] = None, dims: in
 
     A source is a folder of at least two images or a ``.npz`` of statistics (``mu [d]``,
     ``sigma [d, d]``, passed to pytorch-fid as they are), a dataset name, ``"fashion-mnist"`` or
-    ``"mnist"`` (its first ``num_samples`` training images, from :func:`lbt_plugin.data.load_digits`),
+    ``"mnist"`` (its first ``num_samples`` training images, from :func:`lbt_plugin.data.load_idx_dataset`),
     or a generator checkpoint: any other file, read with ``torch.load(weights_only=True)`` and
     handed to ``generator_loader(state) -> nn.Module``, a function of the caller's choosing (for
     ``examples/dcgan_lbt.py``: its ``load_generator``). Nothing read from a file is imported or
@@ -243,11 +243,11 @@ def _fid_source(source: str, folder, num_samples: int, data_root: Optional[str],
 
     from pytorch_fid.fid_score import IMAGE_EXTENSIONS
 
-    from .data import DEBIAN_ROOTS, load_digits
+    from .data import DATASETS, load_idx_dataset
 
     path = Path(source)
-    if source in DEBIAN_ROOTS:
-        images, _ = load_digits(source, Path(data_root) if data_root else None)
+    if source in DATASETS:
+        images, _ = load_idx_dataset(source, Path(data_root) if data_root else None)
         save_images(images[:num_samples].float().div(255).unsqueeze(1), str(folder), value_range=(0.0, 1.0))
         return str(folder)
     if path.suffix == ".npz":
@@ -287,7 +287,7 @@ def _fid_source(source: str, folder, num_samples: int, data_root: Optional[str],
         save_images(images, str(folder))
         return str(folder)
     raise FileNotFoundError(f"{source} is neither a folder, a .npz file, a checkpoint nor a dataset name "
-                            f"({', '.join(sorted(DEBIAN_ROOTS))})")
+                            f"({', '.join(DATASETS)})")
 
 
 def save_images(images: Tensor, folder: str, value_range: Tuple[float, float] = (-1.0, 1.0)) -> None:
