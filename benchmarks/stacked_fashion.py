@@ -56,8 +56,8 @@ sys.path.insert(0, str(ROOT / "examples"))
 from lbt_plugin import LBTLoss, Unroller  # noqa: E402
 from lbt_plugin.data import load_idx_dataset, stack_channels  # noqa: E402
 from lbt_plugin.estimators import ConvVAE  # noqa: E402
+from lbt_plugin.files import load_tensors, save_atomic  # noqa: E402
 from lbt_plugin.metrics import classifier_features, stacked_mode_stats, train_digit_classifier  # noqa: E402
-from dcgan_lbt import save_checkpoint  # noqa: E402  (atomic: a crash while saving keeps the last good one)
 from mode_collapse_2d import mean_se, write_results  # noqa: E402  (the 2-D benchmark's table helpers)
 
 METHODS = ("dcgan", "unrolled", "lbt-gan", "lbt-gan-small")
@@ -262,7 +262,7 @@ def train(method: str, seed: int, cfg: Config, runs: Path, data_root: Optional[P
     path = runs / f"{name or method}_seed{seed}.pt"
     seconds = 0.0
     if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_tensors(path, "run checkpoint")
         run.load_state_dict(state)
         seconds = float(state["seconds"])
     bar = tqdm(total=cfg.steps, initial=run.step_count, desc=f"{name or method} seed {seed}", disable=not progress)
@@ -273,7 +273,7 @@ def train(method: str, seed: int, cfg: Config, runs: Path, data_root: Optional[P
         seconds += time.perf_counter() - t0
         run.history.append({"step": run.step_count, "seconds": seconds, **evaluate(run.samples(cfg.eval_samples))})
         bar.update(run.step_count - bar.n)
-        save_checkpoint(path, {**run.state_dict(), "seconds": seconds})
+        save_atomic({**run.state_dict(), "seconds": seconds}, path)
     bar.close()
     return {"history": run.history, "grid": run.samples(64), "seconds": seconds}
 

@@ -19,7 +19,6 @@ import gc
 import os
 import random
 import sys
-import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -31,6 +30,7 @@ from tqdm import tqdm
 from lbt_plugin import LBTLoss  # LBT
 from lbt_plugin.data import DATASETS, load_idx_dataset, stack_channels
 from lbt_plugin.estimators import ConvVAE  # LBT
+from lbt_plugin.files import load_tensors, save_atomic
 
 def load_dataset(name: str, root: Optional[Path], image_size: int) -> torch.Tensor:
     """The whole training set as a float tensor ``[N, C, H, W]`` in [-1, 1]."""
@@ -113,30 +113,12 @@ class Discriminator(nn.Module):
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: Path, state: Dict) -> None:
-    """Write atomically: a crash while saving leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_checkpoint(path: Path) -> Dict:
     """A checkpoint of this script: tensors and plain numbers, read with ``weights_only=True`` and checked."""
     if not path.is_file():
         raise FileNotFoundError(f"--resume {path}: no such checkpoint")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); it is truncated or not a "
-                         "checkpoint of dcgan_lbt.py. Earlier checkpoints are untouched.") from None
+    state = load_tensors(path, "checkpoint", "it is truncated or not a checkpoint of dcgan_lbt.py. Earlier "
+                         "checkpoints are untouched.")
     missing = {"step", "netG", "netD", "optG", "optD", "rng", "args", "generator_kwargs", "fixed_noise"} - set(
         state if isinstance(state, dict) else ())
     if missing:
@@ -367,7 +349,7 @@ def main(argv=None) -> Path:
                 state["lbt"] = lbt.state_dict()  # LBT
             if device.type == "cuda":
                 state["cuda_rng"] = torch.cuda.get_rng_state(device)
-            save_checkpoint(ckpt, state)
+            save_atomic(state, ckpt)
     if writer:
         writer.close()
     if world > 1:

@@ -27,9 +27,7 @@ import argparse
 import dataclasses
 import math
 import multiprocessing as mp
-import os
 import re
-import tempfile
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -41,6 +39,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from lbt_plugin import LBTLoss, Unroller
+from lbt_plugin.files import load_tensors, save_atomic
 from lbt_plugin.metrics import Mixture, ModeStats, grid, mode_stats, ring
 
 METHODS = ("gan", "unrolled-gan", "lbt", "lbt-gan")
@@ -273,14 +272,6 @@ class Run:
         self.history = [(step, [ModeStats(**s) for s in stats]) for step, stats in state["history"]]
 
 
-def _save(path: Path, state: Dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        torch.save(state, f)
-    os.replace(tmp, path)
-
-
 def train(method: str, dataset: str, seeds: Sequence[int], cfg: Config, runs: Optional[Path],
           threads: int = 1, progress: bool = True) -> Dict:
     """Train (or continue) one run; returns its history, final samples and seconds spent training."""
@@ -289,7 +280,7 @@ def train(method: str, dataset: str, seeds: Sequence[int], cfg: Config, runs: Op
     path = runs / f"{dataset}_{method}.pt" if runs else None
     seconds = 0.0
     if path is not None and path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_tensors(path, "run checkpoint")
         run.load_state_dict(state)
         seconds = float(state.get("seconds", 0.0))
     bar = tqdm(total=cfg.steps, initial=run.step_count, desc=f"{dataset} {NAMES[method]}", leave=False,
@@ -305,7 +296,7 @@ def train(method: str, dataset: str, seeds: Sequence[int], cfg: Config, runs: Op
         bar.set_postfix(modes=f"{sum(s.modes for s in stats) / len(stats):.1f}",
                         hq=f"{sum(s.high_quality for s in stats) / len(stats):.2f}")
         if path is not None:
-            _save(path, {**run.state_dict(), "seconds": seconds})
+            save_atomic({**run.state_dict(), "seconds": seconds}, path)
     bar.close()
     return {"history": run.history, "samples": run.samples(), "seconds": seconds}
 

@@ -17,6 +17,8 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .files import load_tensors, save_atomic
+
 __all__ = ["Mixture", "ring", "grid", "ModeStats", "mode_stats", "fid", "save_images",
            "DigitClassifier", "train_digit_classifier", "classifier_features", "StackedModeStats",
            "stacked_mode_stats"]
@@ -268,10 +270,7 @@ def _fid_source(source: str, folder, num_samples: int, data_root: Optional[str],
                              "generator checkpoint, name the function that rebuilds its generator, e.g. --generator "
                              "examples/dcgan_lbt.py:load_generator (nothing read from a checkpoint is imported or "
                              "called)")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"cannot read {source} as a checkpoint ({type(exc).__name__}: {exc})") from None
+        state = load_tensors(path, "checkpoint")
         from ._impl.latent import latent_shape
 
         G = generator_loader(state)
@@ -365,18 +364,13 @@ def train_digit_classifier(images: Tensor, labels: Tensor, *, epochs: int = 2, b
         pred = torch.cat([model(x[test_idx[i: i + 1000]]).argmax(1) for i in range(0, n_test, 1000)])
     accuracy = float((pred == y[test_idx]).float().mean())
     if cache is not None:
-        Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"model": model.state_dict(), "accuracy": accuracy, "n_classes": n_classes}, cache)
+        save_atomic({"model": model.state_dict(), "accuracy": accuracy, "n_classes": n_classes}, cache)
     return model, accuracy
 
 
 def _load_classifier(path) -> Tuple[nn.Module, float]:
     """A classifier cached by :func:`train_digit_classifier`: tensors and two numbers, validated."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"cannot read the classifier cache {path} ({type(exc).__name__}: {exc}); delete it to "
-                         "train the classifier again") from None
+    state = load_tensors(path, "the classifier cache", "delete it to train the classifier again")
     n_classes, accuracy = (state.get("n_classes"), state.get("accuracy")) if isinstance(state, dict) else (None, None)
     if (isinstance(n_classes, bool) or not isinstance(n_classes, int) or not 2 <= n_classes <= 1000
             or not isinstance(accuracy, float) or not 0.0 <= accuracy <= 1.0 or not isinstance(state.get("model"), dict)):
