@@ -57,7 +57,8 @@ from lbt_plugin import LBTLoss, Unroller  # noqa: E402
 from lbt_plugin.data import load_idx_dataset, stack_channels  # noqa: E402
 from lbt_plugin.estimators import ConvVAE  # noqa: E402
 from lbt_plugin.files import load_tensors, save_atomic  # noqa: E402
-from lbt_plugin.metrics import classifier_features, stacked_mode_stats, train_digit_classifier  # noqa: E402
+from lbt_plugin.metrics import (classifier_features, load_channel_classifier, stacked_mode_stats,  # noqa: E402
+                                train_channel_classifier)
 from mode_collapse_2d import mean_se, write_results  # noqa: E402  (the 2-D benchmark's table helpers)
 
 METHODS = ("dcgan", "unrolled", "lbt-gan", "lbt-gan-small")
@@ -256,7 +257,7 @@ def train(method: str, seed: int, cfg: Config, runs: Path, data_root: Optional[P
     """Train (or continue) one run, evaluating every ``eval_every`` updates; returns its history and samples."""
     torch.set_num_threads(1)
     data = stacked_data(data_root)
-    classifier, _ = train_digit_classifier(torch.zeros(0), torch.zeros(0), cache=str(classifier_path))
+    classifier, _ = load_channel_classifier(classifier_path)
     evaluate = Evaluator(classifier, data, cfg.eval_samples)
     run = Run(method, seed, cfg, lbt)
     path = runs / f"{name or method}_seed{seed}.pt"
@@ -365,7 +366,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     images, labels = load_idx_dataset("fashion-mnist", args.data_root)
     classifier_path = args.runs / "classifier.pt"
-    _, accuracy = train_digit_classifier(images, labels, epochs=2, cache=str(classifier_path))
+    _, accuracy = train_channel_classifier(images, labels, epochs=2, cache=str(classifier_path))
     print(f"classifier: held-out accuracy {100 * accuracy:.1f}%", flush=True)
 
     cost = {"lbt-gan": 0, "lbt-gan-small": 1, "unrolled": 2, "dcgan": 3}  # longest runs first: the pool packs better

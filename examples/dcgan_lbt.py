@@ -86,7 +86,6 @@ def weights_init(m: nn.Module) -> None:
 class Generator(nn.Module):
     def __init__(self, nz: int, ngf: int, nc: int, image_size: int):
         super().__init__()
-        self.latent_shape = (nz, 1, 1)  # LBTLoss reads this to draw z
         s = image_size // 4
         self.main = nn.Sequential(
             nn.ConvTranspose2d(nz, ngf * 4, s, 1, 0, bias=False), nn.BatchNorm2d(ngf * 4), nn.ReLU(True),

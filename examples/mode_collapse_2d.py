@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from lbt_plugin import LBTLoss, Unroller
 from lbt_plugin.files import load_tensors, save_atomic
-from lbt_plugin.metrics import Mixture, ModeStats, grid, mode_stats, ring
+from lbt_plugin.metrics import DataMixture, ModeStats, grid, mode_stats, ring
 
 METHODS = ("gan", "unrolled-gan", "lbt", "lbt-gan")
 NAMES = {"gan": "GAN", "unrolled-gan": "Unrolled GAN", "lbt": "LBT", "lbt-gan": "LBT-GAN"}
@@ -360,7 +360,7 @@ def plot_curves(results: Dict[Tuple[str, str], Dict], methods: Sequence[str], da
     plt.close(fig)
 
 
-def plot_samples(samples: Dict[str, Tensor], mixture: Mixture, dataset: str, path: Path) -> None:
+def plot_samples(samples: Dict[str, Tensor], mixture: DataMixture, dataset: str, path: Path) -> None:
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(samples), figsize=(3.2 * len(samples), 3.3), squeeze=False)
     lim = float(mixture.centers.abs().max()) * 1.4 + 0.2

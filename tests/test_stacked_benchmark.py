@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import stacked_fashion as sf  # noqa: E402
 
-from lbt_plugin.metrics import DigitClassifier, classifier_features  # noqa: E402
+from lbt_plugin.metrics import ChannelClassifier, classifier_features  # noqa: E402
 
 
 def test_networks_follow_the_reduced_discriminator_protocol():
@@ -25,7 +25,7 @@ def test_networks_follow_the_reduced_discriminator_protocol():
 
 
 def test_classifier_features_are_the_penultimate_layer_per_channel():
-    clf = DigitClassifier().eval()
+    clf = ChannelClassifier().eval()
     x = torch.rand(5, 3, 28, 28) * 2 - 1
     f = classifier_features(x, clf)
     assert f.shape == (5, 3 * 128)
@@ -54,9 +54,9 @@ def test_benchmark_end_to_end_and_resume(digits, tmp_path):
 def test_an_interrupted_run_continues_exactly(digits, tmp_path, monkeypatch):
     clf_path = tmp_path / "clf.pt"
     images = torch.rand(64, 28, 28).mul(255).to(torch.uint8)
-    from lbt_plugin.metrics import train_digit_classifier
+    from lbt_plugin.metrics import train_channel_classifier
 
-    train_digit_classifier(images, torch.arange(64) % 10, epochs=1, cache=str(clf_path), progress=False)
+    train_channel_classifier(images, torch.arange(64) % 10, epochs=1, cache=str(clf_path), progress=False)
     cfg = sf.Config(steps=4, eval_every=2, eval_samples=40)
     whole = sf.train("lbt-gan-small", 0, cfg, tmp_path / "a", digits, clf_path)
     step, calls = sf.Run.step, {"n": 0}
