@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from _common import dcgan_example, publish
 from lbt_plugin import LBTLoss
 from lbt_plugin.estimators import ConvVAE, GaussianMixture, RealNVP
 from lbt_plugin.profile import GraphMemory
@@ -47,11 +48,8 @@ from lbt_plugin.profile import GraphMemory
 
 # ----------------------------------------------------------------------------- settings
 def dcgan_generator(nz: int = 100, ngf: int = 64) -> nn.Module:
-    return nn.Sequential(
-        nn.ConvTranspose2d(nz, 4 * ngf, 7, 1, 0, bias=False), nn.BatchNorm2d(4 * ngf), nn.ReLU(True),
-        nn.ConvTranspose2d(4 * ngf, 2 * ngf, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * ngf), nn.ReLU(True),
-        nn.ConvTranspose2d(2 * ngf, 1, 4, 2, 1, bias=False), nn.Tanh(),
-    )
+    """examples/dcgan_lbt.py's generator at 28x28, one channel: z [B, nz, 1, 1] -> [B, 1, 28, 28]."""
+    return dcgan_example().Generator(nz, ngf, 1, 28)
 
 
 def mlp_generator() -> nn.Module:
@@ -337,17 +335,8 @@ def main() -> None:
             "entry:\n\n" + "\n".join(exact) +
             "\n\nMemory the autograd graph holds for the backward pass (dcgan setting, default backend; saved "
             "storages):\n\n" + "\n".join(memory))
-    print(body)
-    if str(args.out) != "-":
-        tag = "cuda" if device.type == "cuda" else f"cpu-{torch.get_num_threads()}t"
-        start, end = f"<!-- perf-{tag}:start -->", f"<!-- perf-{tag}:end -->"
-        text = args.out.read_text() if args.out.exists() else "# Performance\n"
-        if start not in text:
-            text += f"\n{start}\n{end}\n"
-        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{body}\n{end}", text,
-                      flags=re.S)
-        args.out.write_text(text)
-        print(f"\nwritten to {args.out}")
+    tag = "cuda" if device.type == "cuda" else f"cpu-{torch.get_num_threads()}t"
+    publish(body, args.out, f"perf-{tag}", title="# Performance")
 
 
 if __name__ == "__main__":

@@ -37,29 +37,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
-import multiprocessing as mp
-import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
-
-from lbt_plugin import LBTLoss, Unroller  # noqa: E402
-from lbt_plugin.data import load_idx_dataset, stack_channels  # noqa: E402
-from lbt_plugin.estimators import ConvVAE  # noqa: E402
-from lbt_plugin.files import load_tensors, save_atomic  # noqa: E402
-from lbt_plugin.metrics import (classifier_features, load_channel_classifier, stacked_mode_stats,  # noqa: E402
+from _common import (ResumableRun, dcgan_example, mean_se, plot_mean_se, pool, publish, pyplot, require_positive,
+                     stacked_images, train_resumable)
+from lbt_plugin import LBTLoss, Unroller
+from lbt_plugin.data import load_idx_dataset
+from lbt_plugin.estimators import ConvVAE
+from lbt_plugin.metrics import (classifier_features, load_channel_classifier, stacked_mode_stats,
                                 train_channel_classifier)
-from mode_collapse_2d import mean_se, write_results  # noqa: E402  (the 2-D benchmark's table helpers)
 
 METHODS = ("dcgan", "unrolled", "lbt-gan", "lbt-gan-small")
 NAMES = {"dcgan": "DCGAN", "unrolled": "Unrolled GAN", "lbt-gan": "LBT-GAN",
@@ -127,21 +121,16 @@ class Discriminator(nn.Module):
         return self.net(x).view(-1)
 
 
-# ----------------------------------------------------------------------------- data
-def stacked_data(data_root: Optional[Path]) -> Tensor:
-    """60,000 stacked images ``[N, 3, 28, 28]`` in [-1, 1]: three random training images as the channels."""
-    images, _ = load_idx_dataset("fashion-mnist", data_root)
-    return stack_channels(images.float().div(127.5).sub(1).unsqueeze(1))
-
-
 # ----------------------------------------------------------------------------- one run
-class Run:
-    def __init__(self, method: str, seed: int, cfg: Config, lbt: Optional[Dict] = None):
-        self.method, self.seed, self.cfg = method, seed, cfg
+class Run(ResumableRun):
+    """One method, one seed: ``step()`` is one discriminator and one generator update on ``data``."""
+
+    def __init__(self, method: str, seed: int, cfg: Config, lbt: Optional[Dict] = None,
+                 data: Optional[Tensor] = None):
+        self.method, self.seed, self.cfg, self.data = method, seed, cfg, data
         torch.manual_seed(seed)
         if cfg.arch == "dcgan":
-            import dcgan_lbt
-
+            dcgan_lbt = dcgan_example()
             ratio = D_RATIO[cfg.d_width]
             self.G = dcgan_lbt.Generator(cfg.nz, cfg.ngf, 3, 28)
             self.D = dcgan_lbt.Discriminator(cfg.ngf // ratio, 3, 28)
@@ -167,8 +156,8 @@ class Run:
         self.step_count = 0
         self.history: List[Dict] = []
 
-    def step(self, data: Tensor) -> None:
-        cfg = self.cfg
+    def step(self) -> None:
+        cfg, data = self.cfg, self.data
         real = data[torch.randint(len(data), (cfg.batch,), generator=self.gen)]
         z = torch.randn(cfg.batch, *self.z_shape, generator=self.gen)
         ones, zeros = torch.ones(cfg.batch), torch.zeros(cfg.batch)
@@ -195,25 +184,18 @@ class Run:
         return torch.cat([self.G(torch.randn(min(self.cfg.batch, n - i), *self.z_shape, generator=gen))
                           for i in range(0, n, self.cfg.batch)])
 
-    def state_dict(self) -> Dict:
-        state = {"step": self.step_count, "G": self.G.state_dict(), "D": self.D.state_dict(),
-                 "g_opt": self.g_opt.state_dict(), "d_opt": self.d_opt.state_dict(), "rng": self.gen.get_state(),
-                 "torch_rng": torch.get_rng_state(), "history": self.history,
-                 "config": _plain(dataclasses.asdict(self.cfg)), "settings": _plain(self.settings)}
-        if self.lbt is not None:
-            state["lbt"] = self.lbt.state_dict()
-        return state
+    def extra_state(self) -> Dict[str, Any]:
+        return {"rng": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "history": self.history,
+                "config": _plain(dataclasses.asdict(self.cfg)), "settings": _plain(self.settings)}
 
-    def load_state_dict(self, state: Dict) -> None:
+    def check_state(self, state: Dict[str, Any]) -> None:
         if state["config"] != _plain(dataclasses.asdict(self.cfg)) or state["settings"] != _plain(self.settings):
             raise ValueError("the checkpoint was written with another Config or LBT setting; use another --runs")
-        self.G.load_state_dict(state["G"]), self.D.load_state_dict(state["D"])
-        self.g_opt.load_state_dict(state["g_opt"]), self.d_opt.load_state_dict(state["d_opt"])
+
+    def load_extra_state(self, state: Dict[str, Any]) -> None:
         self.gen.set_state(state["rng"])
         torch.set_rng_state(state["torch_rng"])
-        if self.lbt is not None:
-            self.lbt.load_state_dict(state["lbt"])
-        self.step_count, self.history = int(state["step"]), list(state["history"])
+        self.history = list(state["history"])
 
 
 def _plain(x):
@@ -256,26 +238,16 @@ def train(method: str, seed: int, cfg: Config, runs: Path, data_root: Optional[P
           lbt: Optional[Dict] = None, name: Optional[str] = None, progress: bool = False) -> Dict:
     """Train (or continue) one run, evaluating every ``eval_every`` updates; returns its history and samples."""
     torch.set_num_threads(1)
-    data = stacked_data(data_root)
-    classifier, _ = load_channel_classifier(classifier_path)
-    evaluate = Evaluator(classifier, data, cfg.eval_samples)
-    run = Run(method, seed, cfg, lbt)
-    path = runs / f"{name or method}_seed{seed}.pt"
-    seconds = 0.0
-    if path.is_file():
-        state = load_tensors(path, "run checkpoint")
-        run.load_state_dict(state)
-        seconds = float(state["seconds"])
-    bar = tqdm(total=cfg.steps, initial=run.step_count, desc=f"{name or method} seed {seed}", disable=not progress)
-    while run.step_count < cfg.steps:
-        t0 = time.perf_counter()
-        for _ in range(min(cfg.eval_every, cfg.steps - run.step_count)):
-            run.step(data)
-        seconds += time.perf_counter() - t0
-        run.history.append({"step": run.step_count, "seconds": seconds, **evaluate(run.samples(cfg.eval_samples))})
-        bar.update(run.step_count - bar.n)
-        save_atomic({**run.state_dict(), "seconds": seconds}, path)
-    bar.close()
+    data = stacked_images(data_root)
+    classifier, _ = load_channel_classifier(str(classifier_path))
+    evaluator = Evaluator(classifier, data, cfg.eval_samples)
+    run = Run(method, seed, cfg, lbt, data=data)
+
+    def evaluate(seconds: float) -> Dict[str, Any]:
+        return {"step": run.step_count, "seconds": seconds, **evaluator(run.samples(cfg.eval_samples))}
+
+    seconds = train_resumable(run, runs / f"{name or method}_seed{seed}.pt", cfg.steps, cfg.eval_every, evaluate,
+                              f"{name or method} seed {seed}", progress)
     return {"history": run.history, "grid": run.samples(64), "seconds": seconds}
 
 
@@ -294,22 +266,17 @@ def table(results: Dict[str, List[Dict]], methods: Sequence[str]) -> str:
 
 
 def plots(results: Dict[str, List[Dict]], methods: Sequence[str], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Curves of modes, KL and classifier FD (mean ± s.e. over seeds), seed 0's mode histogram and sample grids."""
     import torchvision.utils as vutils
 
+    plt = pyplot()
     out.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
     for m in methods:
         for ax, key in zip(axes, ("modes", "kl", "fd")):
             steps = [h["step"] for h in results[m][0]["history"]]
             values = torch.tensor([[h[key] for h in r["history"]] for r in results[m]], dtype=torch.float64)
-            mean = values.mean(0)
-            se = values.std(0) / math.sqrt(len(values)) if len(values) > 1 else torch.zeros_like(mean)
-            ax.plot(steps, mean, label=NAMES[m])
-            ax.fill_between(steps, mean - se, mean + se, alpha=0.2)
+            plot_mean_se(ax, steps, values, 0, NAMES[m])
     for ax, title in zip(axes, ("modes (of 1000)", "KL(modes ‖ uniform)", "classifier Fréchet distance")):
         ax.set_title(title), ax.set_xlabel("generator updates")
     axes[0].legend()
@@ -353,8 +320,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.steps, args.eval_every, args.eval_samples = 1, 200, 100, 2000
-    if min(args.seeds, args.steps, args.eval_every, args.jobs, args.eval_samples) < 1:
-        p.error("--seeds, --steps, --eval-every, --eval-samples and --jobs must be >= 1")
+    require_positive(p, args, ("seeds", "steps", "eval_every", "eval_samples", "jobs"))
     if args.arch == "pacgan":
         if args.d_width not in D_WIDTHS:
             p.error(f"--arch pacgan takes --d-width {' / '.join(D_WIDTHS)}")
@@ -372,8 +338,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     cost = {"lbt-gan": 0, "lbt-gan-small": 1, "unrolled": 2, "dcgan": 3}  # longest runs first: the pool packs better
     tasks = [(m, s) for m in sorted(args.methods, key=cost.get) for s in range(args.seeds)]
     results: Dict[str, List[Dict]] = {m: [None] * args.seeds for m in args.methods}  # type: ignore[list-item]
-    with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(train, m, s, cfg, args.runs, args.data_root, classifier_path): (m, s)
+    with pool(args.jobs) as workers:
+        futures = {workers.submit(train, m, s, cfg, args.runs, args.data_root, classifier_path): (m, s)
                    for m, s in tasks}
         for future in tqdm(as_completed(futures), total=len(futures), desc="runs"):
             m, s = futures[future]
@@ -391,9 +357,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
               f"{cfg.eval_samples} samples per evaluation; the classifier's held-out accuracy "
               f"{100 * accuracy:.1f}%; minutes: training time of one run on one CPU thread, {args.jobs} runs at a "
               f"time; {(time.time() - t0) / 60:.0f} min wall clock for the command. Command: `{cmd}`")
-    print("\n" + body + footer)
-    if str(args.results) != "-":
-        write_results(args.results, body + footer, args.table)
+    publish(body + footer, args.results, args.table)
 
 
 if __name__ == "__main__":

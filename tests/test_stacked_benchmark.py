@@ -2,6 +2,7 @@
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def test_benchmark_end_to_end_and_resume(digits, tmp_path):
     assert state["step"] == 2 and [h["step"] for h in state["history"]] == [1, 2]
 
 
-def test_an_interrupted_run_continues_exactly(digits, tmp_path, monkeypatch):
+def test_an_interrupted_run_continues_exactly(digits, tmp_path, interrupt_step):
     clf_path = tmp_path / "clf.pt"
     images = torch.rand(64, 28, 28).mul(255).to(torch.uint8)
     from lbt_plugin.metrics import train_channel_classifier
@@ -59,20 +60,10 @@ def test_an_interrupted_run_continues_exactly(digits, tmp_path, monkeypatch):
     train_channel_classifier(images, torch.arange(64) % 10, epochs=1, cache=str(clf_path), progress=False)
     cfg = sf.Config(steps=4, eval_every=2, eval_samples=40)
     whole = sf.train("lbt-gan-small", 0, cfg, tmp_path / "a", digits, clf_path)
-    step, calls = sf.Run.step, {"n": 0}
-
-    def dies_at_step_3(self, data):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        step(self, data)
-
-    monkeypatch.setattr(sf.Run, "step", dies_at_step_3)
-    try:
+    restore = interrupt_step(sf.Run, 3)
+    with pytest.raises(KeyboardInterrupt):
         sf.train("lbt-gan-small", 0, cfg, tmp_path / "b", digits, clf_path)
-    except KeyboardInterrupt:
-        pass
-    monkeypatch.setattr(sf.Run, "step", step)
+    restore()
     resumed = sf.train("lbt-gan-small", 0, cfg, tmp_path / "b", digits, clf_path)
     assert [h["step"] for h in resumed["history"]] == [2, 4]
     assert torch.equal(whole["grid"], resumed["grid"])

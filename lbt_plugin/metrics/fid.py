@@ -36,9 +36,10 @@ def fid(source_a: str, source_b: str, *, weights: Optional[str] = None, dims: in
     ``[N, C, H, W]`` (C = 1 or 3) from ``z ~ N(0, I)`` of shape ``latent_shape`` (one sample's,
     without the batch dimension); by default the generator's ``latent_shape`` or ``latent_dim``
     attribute, else the input of its first layer (``nn.Linear(d, ...)``: ``[d]``;
-    ``nn.ConvTranspose2d(c, ...)``: ``[c, 1, 1]``), as ``LBTLoss`` reads it. Generated and dataset images are written as PNG files
-    to a temporary folder first, so that pytorch-fid reads every source the same way. The value
-    is ``pytorch_fid.fid_score.calculate_fid_given_paths``'s; between two ``.npz`` files it is
+    ``nn.ConvTranspose2d(c, ...)``: ``[c, 1, 1]``), as ``LBTLoss`` reads it. Generated and
+    dataset images are written as PNG files to a temporary folder first, so that pytorch-fid reads
+    every source the same way. The value is ``pytorch_fid.fid_score.calculate_fid_given_paths``'s;
+    between two ``.npz`` files it is
     ``calculate_frechet_distance`` of their statistics, and no Inception weights are needed. The
     FID Inception weights come from ``weights``, a path to that file, or from the torch hub cache
     (``$TORCH_HOME/hub/checkpoints/``), where they are downloaded once when missing; either way they
