@@ -30,10 +30,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------- arguments
 def add_device_flag(parser: argparse.ArgumentParser) -> None:
-    """``--device``, by default ``cuda`` where a GPU is visible, else ``cpu``."""
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    """``--device``, by default ``cuda`` where a GPU is visible, else ``cpu``; checked when parsed."""
+    parser.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where models, data and metrics live: cpu, cuda, cuda:1, ... (default: cuda if "
                              "available, else cpu)")
+
+
+def _device(text: str) -> str:
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: cpu, cuda, cuda:1, ...") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: no CUDA device is visible here; pass --device cpu")
+    return text
 
 
 def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, names: Sequence[str]) -> None:

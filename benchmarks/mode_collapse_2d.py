@@ -3,6 +3,7 @@
     python benchmarks/mode_collapse_2d.py                   # docs/results.md's table: 4 methods x 2 datasets x 5 seeds
     python benchmarks/mode_collapse_2d.py --quick           # a minutes-long look at the same protocol
     python benchmarks/mode_collapse_2d.py --runs runs/2d    # resume: finished runs are reused, others continue
+    python benchmarks/mode_collapse_2d.py --device cuda     # on a GPU (the default where one is visible)
 
 The protocol follows PacGAN's 2-D code (github fjxmlzn/PacGAN): a 2-D Gaussian latent, a
 generator of ReLU layers with batch normalisation, a maxout discriminator, Adam with
@@ -30,13 +31,14 @@ import time
 from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from _common import ResumableRun, mean_se, plot_mean_se, pool, publish, pyplot, require_positive, train_resumable
+from _common import (ResumableRun, add_device_flag, mean_se, plot_mean_se, pool, publish, pyplot, require_positive,
+                     train_resumable)
 from lbt_plugin import LBTLoss, Unroller
 from lbt_plugin.metrics import DataMixture, ModeStats, grid, mode_stats, ring
 
@@ -170,21 +172,29 @@ def gan_loss(logits: Tensor, target: float) -> Tensor:
 
 
 class Run(ResumableRun):
-    """One method on one dataset, all ``seeds`` batched; ``step()`` is one training iteration."""
+    """One method on one dataset, all ``seeds`` batched; ``step()`` is one training iteration.
 
-    def __init__(self, method: str, dataset: str, seeds: Sequence[int], cfg: Config):
+    Initial weights, data and latents are drawn on the CPU from the seeds' generators and moved to ``device``, so
+    a run starts from the same numbers on every device.
+    """
+
+    def __init__(self, method: str, dataset: str, seeds: Sequence[int], cfg: Config,
+                 device: Union[str, torch.device] = "cpu"):
         self.method, self.dataset, self.seeds, self.cfg = method, dataset, list(seeds), cfg
+        self.device = torch.device(device)
         self.mixture = DATASETS[dataset]()
         init = seed_generators(seeds, 0)
         self.data_gens, self.noise_gens = seed_generators(seeds, 1), seed_generators(seeds, 2)
-        self.G, self.D = generator(cfg, init), discriminator(cfg, init)
+        self.G, self.D = generator(cfg, init).to(self.device), discriminator(cfg, init).to(self.device)
         self.g_opt = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=cfg.betas)
         self.d_opt = torch.optim.Adam(self.D.parameters(), lr=cfg.d_lr, betas=cfg.betas)
         self.lbt: Optional[LBTLoss] = None
         if method in ("lbt", "lbt-gan"):
             extent = float(self.mixture.centers.abs().max())
-            self.est = SeedMixture(init, cfg.components, extent / 2, cfg.est_std * extent)
-            self.e_opt = torch.optim.SGD(self.est.parameters(), lr=cfg.est_lr * float(self.est.std) ** 2)
+            est = SeedMixture(init, cfg.components, extent / 2, cfg.est_std * extent)
+            lr = cfg.est_lr * float(est.std) ** 2  # the float32 std's square, read on the CPU
+            self.est = est.to(self.device)
+            self.e_opt = torch.optim.SGD(self.est.parameters(), lr=lr)
             # The LBT term per seed is LBTLoss's default, nats per dimension (2 here); the batched
             # data [B, S, 2] has 2S dimensions, so the weight carries the factor S that sums the seeds.
             self.lbt = LBTLoss(self.est, k=cfg.k, optimizer=self.e_opt, teach_steps=cfg.teach_steps,
@@ -207,7 +217,7 @@ class Run(ResumableRun):
         """The next real batch ``[S, B, 2]`` and latents ``[S, B, latent]``, each seed from its own generators."""
         real = torch.stack([self.mixture.sample(self.cfg.batch, g) for g in self.data_gens])
         z = torch.stack([torch.randn(self.cfg.batch, self.cfg.latent, generator=g) for g in self.noise_gens])
-        return real, z
+        return real.to(self.device), z.to(self.device)
 
     def step(self) -> None:
         cfg, S = self.cfg, len(self.seeds)
@@ -248,7 +258,7 @@ class Run(ResumableRun):
         """``[S, eval_samples, 2]``, from each seed's own fixed latents (batch statistics of these samples)."""
         z = torch.stack([torch.randn(self.cfg.eval_samples, self.cfg.latent,
                                      generator=torch.Generator().manual_seed(2333 + s)) for s in self.seeds])
-        return self.G(z)
+        return self.G(z.to(self.device))
 
     def evaluate(self) -> List[ModeStats]:
         return [mode_stats(x, self.mixture) for x in self.samples()]
@@ -270,10 +280,11 @@ class Run(ResumableRun):
 
 
 def train(method: str, dataset: str, seeds: Sequence[int], cfg: Config, runs: Optional[Path],
-          threads: int = 1, progress: bool = True) -> Dict:
-    """Train (or continue) one run; returns its history, final samples and seconds spent training."""
+          threads: int = 1, progress: bool = True, device: Union[str, torch.device] = "cpu") -> Dict:
+    """Train (or continue) one run on ``device``; returns its history, final samples (on the CPU) and seconds
+    spent training. A checkpoint written on one device continues on another."""
     torch.set_num_threads(threads)
-    run = Run(method, dataset, seeds, cfg)
+    run = Run(method, dataset, seeds, cfg, device)
     path = runs / f"{dataset}_{method}.pt" if runs else None
 
     def evaluate(seconds: float) -> Tuple[int, List[ModeStats]]:
@@ -286,7 +297,7 @@ def train(method: str, dataset: str, seeds: Sequence[int], cfg: Config, runs: Op
 
     seconds = train_resumable(run, path, cfg.steps, cfg.eval_every, evaluate, f"{dataset} {NAMES[method]}",
                               progress, postfix, leave=False)
-    return {"history": run.history, "samples": run.samples(), "seconds": seconds}
+    return {"history": run.history, "samples": run.samples().cpu(), "seconds": seconds}
 
 
 # ----------------------------------------------------------------------------------------------- reporting
@@ -364,6 +375,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     p.add_argument("--table", default="2d-table", help="name of the markers in --results (default: 2d-table)")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one process each (default: 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default: 1)")
+    add_device_flag(p)
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.steps, args.eval_every = 2, 2000, 500
@@ -389,8 +401,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     tasks = [(ds, m) for m in args.methods for ds in args.datasets]
     results: Dict[Tuple[str, str], Dict] = {}
     with pool(args.jobs) as workers:
-        futures = {workers.submit(train, m, ds, seeds, cfg, args.runs, args.threads, args.jobs == 1): (ds, m)
-                   for ds, m in tasks}
+        futures = {workers.submit(train, m, ds, seeds, cfg, args.runs, args.threads, args.jobs == 1, args.device):
+                   (ds, m) for ds, m in tasks}
         for future in tqdm(as_completed(futures), total=len(futures), desc="runs", disable=args.jobs == 1):
             ds, m = futures[future]
             results[(ds, m)] = res = future.result()
@@ -412,9 +424,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         cmd += " --set " + " ".join(args.set)
     if args.table != "2d-table":
         cmd += f" --table {args.table} --out {args.out} --runs {args.runs}"
+    where = f"{args.threads} CPU thread"
+    if torch.device(args.device).type != "cpu":
+        cmd += f" --device {args.device}"
+        where = f"on {args.device}"
     footer = (f"\n\n{args.seeds} seeds (per seed: modes / high-quality %), {cfg.steps} generator updates per run, "
               f"{cfg.eval_samples} samples per evaluation; minutes: training time of the run (all seeds batched, "
-              f"{args.threads} CPU thread). {minutes:.1f} min wall clock for this command, {args.jobs} run(s) at a "
+              f"{where}). {minutes:.1f} min wall clock for this command, {args.jobs} run(s) at a "
               f"time. Command: `{cmd}`")
     publish(body + footer, args.results, args.table)
     print(f"plots in {args.out}/")

@@ -3,6 +3,7 @@
     python benchmarks/stacked_fashion.py                 # all four methods (docs/results.md ran the first three: 9 runs, about 2 hours on 2 cores)
     python benchmarks/stacked_fashion.py --quick         # minutes: the same protocol, tiny budget, 1 seed
     python benchmarks/stacked_fashion.py --runs DIR      # continue an interrupted benchmark; finished runs are reused
+    python benchmarks/stacked_fashion.py --device cuda   # on a GPU (the default where one is visible)
 
 The protocol is the Stacked MNIST experiment of the Unrolled GAN paper as PacGAN's code runs it
 (github fjxmlzn/PacGAN, ``unrolled_GAN_experiment``), where a discriminator narrower than the
@@ -41,14 +42,14 @@ import time
 from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from _common import (ResumableRun, dcgan_example, mean_se, plot_mean_se, pool, publish, pyplot, require_positive,
-                     stacked_images, train_resumable)
+from _common import (ResumableRun, add_device_flag, dcgan_example, mean_se, plot_mean_se, pool, publish, pyplot,
+                     require_positive, stacked_images, train_resumable)
 from lbt_plugin import LBTLoss, Unroller
 from lbt_plugin.data import load_idx_dataset
 from lbt_plugin.estimators import ConvVAE
@@ -123,11 +124,16 @@ class Discriminator(nn.Module):
 
 # ----------------------------------------------------------------------------- one run
 class Run(ResumableRun):
-    """One method, one seed: ``step()`` is one discriminator and one generator update on ``data``."""
+    """One method, one seed: ``step()`` is one discriminator and one generator update on ``data``.
+
+    The networks are initialised on the CPU and moved to ``device``; data order and latents are drawn on the CPU
+    from the run's own generator: the same numbers go in on every device.
+    """
 
     def __init__(self, method: str, seed: int, cfg: Config, lbt: Optional[Dict] = None,
-                 data: Optional[Tensor] = None):
+                 data: Optional[Tensor] = None, device: Union[str, torch.device] = "cpu"):
         self.method, self.seed, self.cfg, self.data = method, seed, cfg, data
+        self.device = torch.device(device)
         torch.manual_seed(seed)
         if cfg.arch == "dcgan":
             dcgan_lbt = dcgan_example()
@@ -137,6 +143,7 @@ class Run(ResumableRun):
             self.G.apply(dcgan_lbt.weights_init), self.D.apply(dcgan_lbt.weights_init)
         else:
             self.G, self.D = Generator(cfg.nz), Discriminator(D_WIDTHS[cfg.d_width])
+        self.G, self.D = self.G.to(self.device), self.D.to(self.device)
         self.z_shape = (cfg.nz, 1, 1) if cfg.arch == "dcgan" else (cfg.nz,)
         self.g_opt = torch.optim.Adam(self.G.parameters(), lr=cfg.g_lr, betas=cfg.betas)
         self.d_opt = torch.optim.Adam(self.D.parameters(), lr=cfg.d_lr, betas=cfg.betas)
@@ -146,7 +153,7 @@ class Run(ResumableRun):
         self.settings = lbt or (SMALL if method == "lbt-gan-small" else DEFAULT)
         if method.startswith("lbt"):
             s = self.settings
-            self.E = ConvVAE(3, 28, **s["estimator"])
+            self.E = ConvVAE(3, 28, **s["estimator"]).to(self.device)
             opt = {"default": None,
                    "adam": lambda: torch.optim.Adam(self.E.parameters(), lr=s["est_lr"], betas=(0.5, 0.999)),
                    "sgd": lambda: torch.optim.SGD(self.E.parameters(), lr=s["est_lr"])}[s["optimizer"]]
@@ -159,8 +166,8 @@ class Run(ResumableRun):
     def step(self) -> None:
         cfg, data = self.cfg, self.data
         real = data[torch.randint(len(data), (cfg.batch,), generator=self.gen)]
-        z = torch.randn(cfg.batch, *self.z_shape, generator=self.gen)
-        ones, zeros = torch.ones(cfg.batch), torch.zeros(cfg.batch)
+        z = torch.randn(cfg.batch, *self.z_shape, generator=self.gen).to(self.device)
+        ones, zeros = torch.ones(cfg.batch, device=self.device), torch.zeros(cfg.batch, device=self.device)
         fake = self.G(z)
         self.d_opt.zero_grad(set_to_none=True)
         (self.bce(self.D(real), ones) + self.bce(self.D(fake.detach()), zeros)).backward()
@@ -181,12 +188,15 @@ class Run(ResumableRun):
     def samples(self, n: int) -> Tensor:
         """``n`` samples from fixed latents, batch statistics in batches of ``cfg.batch`` (as PacGAN samples)."""
         gen = torch.Generator().manual_seed(2333)
-        return torch.cat([self.G(torch.randn(min(self.cfg.batch, n - i), *self.z_shape, generator=gen))
-                          for i in range(0, n, self.cfg.batch)])
+        return torch.cat([self.G(torch.randn(min(self.cfg.batch, n - i), *self.z_shape, generator=gen
+                                             ).to(self.device)) for i in range(0, n, self.cfg.batch)])
 
     def extra_state(self) -> Dict[str, Any]:
-        return {"rng": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "history": self.history,
-                "config": _plain(dataclasses.asdict(self.cfg)), "settings": _plain(self.settings)}
+        state = {"rng": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "history": self.history,
+                 "config": _plain(dataclasses.asdict(self.cfg)), "settings": _plain(self.settings)}
+        if self.device.type == "cuda":  # the estimator's reparameterisation noise is drawn there
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
 
     def check_state(self, state: Dict[str, Any]) -> None:
         if state["config"] != _plain(dataclasses.asdict(self.cfg)) or state["settings"] != _plain(self.settings):
@@ -195,6 +205,8 @@ class Run(ResumableRun):
     def load_extra_state(self, state: Dict[str, Any]) -> None:
         self.gen.set_state(state["rng"])
         torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.history = list(state["history"])
 
 
@@ -235,20 +247,23 @@ def _gaussian(features: Tensor):
 
 
 def train(method: str, seed: int, cfg: Config, runs: Path, data_root: Optional[Path], classifier_path: Path,
-          lbt: Optional[Dict] = None, name: Optional[str] = None, progress: bool = False) -> Dict:
-    """Train (or continue) one run, evaluating every ``eval_every`` updates; returns its history and samples."""
+          lbt: Optional[Dict] = None, name: Optional[str] = None, progress: bool = False,
+          device: Union[str, torch.device] = "cpu") -> Dict:
+    """Train (or continue) one run on ``device`` (models, data, classifier and metrics there), evaluating every
+    ``eval_every`` updates; returns its history and a grid of samples (on the CPU). A checkpoint written on one
+    device continues on another."""
     torch.set_num_threads(1)
-    data = stacked_images(data_root)
+    data = stacked_images(data_root).to(device)
     classifier, _ = load_channel_classifier(str(classifier_path))
-    evaluator = Evaluator(classifier, data, cfg.eval_samples)
-    run = Run(method, seed, cfg, lbt, data=data)
+    evaluator = Evaluator(classifier.to(device), data, cfg.eval_samples)
+    run = Run(method, seed, cfg, lbt, data=data, device=device)
 
     def evaluate(seconds: float) -> Dict[str, Any]:
         return {"step": run.step_count, "seconds": seconds, **evaluator(run.samples(cfg.eval_samples))}
 
     seconds = train_resumable(run, runs / f"{name or method}_seed{seed}.pt", cfg.steps, cfg.eval_every, evaluate,
                               f"{name or method} seed {seed}", progress)
-    return {"history": run.history, "grid": run.samples(64), "seconds": seconds}
+    return {"history": run.history, "grid": run.samples(64).cpu(), "seconds": seconds}
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -317,6 +332,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--results", type=Path, default=Path("docs/results.md"), help="'-' to only print")
     p.add_argument("--table", default="stacked-table")
     p.add_argument("--jobs", type=int, default=2)
+    add_device_flag(p)
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.steps, args.eval_every, args.eval_samples = 1, 200, 100, 2000
@@ -332,15 +348,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     images, labels = load_idx_dataset("fashion-mnist", args.data_root)
     classifier_path = args.runs / "classifier.pt"
-    _, accuracy = train_channel_classifier(images, labels, epochs=2, cache=str(classifier_path))
+    _, accuracy = train_channel_classifier(images, labels, epochs=2, cache=str(classifier_path), device=args.device)
     print(f"classifier: held-out accuracy {100 * accuracy:.1f}%", flush=True)
 
     cost = {"lbt-gan": 0, "lbt-gan-small": 1, "unrolled": 2, "dcgan": 3}  # longest runs first: the pool packs better
     tasks = [(m, s) for m in sorted(args.methods, key=cost.get) for s in range(args.seeds)]
     results: Dict[str, List[Dict]] = {m: [None] * args.seeds for m in args.methods}  # type: ignore[list-item]
     with pool(args.jobs) as workers:
-        futures = {workers.submit(train, m, s, cfg, args.runs, args.data_root, classifier_path): (m, s)
-                   for m, s in tasks}
+        futures = {workers.submit(train, m, s, cfg, args.runs, args.data_root, classifier_path, device=args.device):
+                   (m, s) for m, s in tasks}
         for future in tqdm(as_completed(futures), total=len(futures), desc="runs"):
             m, s = futures[future]
             results[m][s] = res = future.result()
@@ -353,9 +369,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
            f"--d-width {args.d_width}")
     if args.methods != list(METHODS):
         cmd += " --methods " + " ".join(args.methods)
+    where = "one CPU thread"
+    if torch.device(args.device).type != "cpu":
+        cmd += f" --device {args.device}"
+        where = args.device
     footer = (f"\n\n{args.seeds} seeds, {args.steps} generator updates per run, batch {cfg.batch}, "
               f"{cfg.eval_samples} samples per evaluation; the classifier's held-out accuracy "
-              f"{100 * accuracy:.1f}%; minutes: training time of one run on one CPU thread, {args.jobs} runs at a "
+              f"{100 * accuracy:.1f}%; minutes: training time of one run on {where}, {args.jobs} runs at a "
               f"time; {(time.time() - t0) / 60:.0f} min wall clock for the command. Command: `{cmd}`")
     publish(body + footer, args.results, args.table)
 

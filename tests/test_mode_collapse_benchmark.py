@@ -37,6 +37,18 @@ def test_a_batched_seed_equals_the_seed_run_alone(method, float64):
     assert not torch.equal(batched.G[0].weight[0], batched.G[0].weight[1])  # the seeds do differ
 
 
+@pytest.mark.parametrize("method", mc.METHODS)
+def test_a_run_lives_on_its_device(method):
+    """Models, estimator, data, latents and samples on the run's device: 'meta' (shapes only) stands in for a GPU
+    here, so a tensor left behind on the CPU shows."""
+    run = mc.Run(method, "grid", [0, 1], mc.Config(**TINY), device="meta")
+    modules = [run.G, run.D] + ([run.est] if run.lbt is not None else [])
+    assert {t.device.type for m in modules for t in [*m.parameters(), *m.buffers()]} == {"meta"}
+    assert [t.device.type for t in (*run.batch(), run.samples())] == ["meta"] * 3
+    if method == "gan":
+        run.step()  # a whole update: everything it makes is on the device too (LBT and unrolling read values)
+
+
 def test_an_interrupted_run_continues_exactly(tmp_path, interrupt_step):
     cfg = mc.Config(**TINY)
     whole = mc.train("lbt-gan", "ring", [0, 1], cfg, None, progress=False)
@@ -58,7 +70,7 @@ def test_benchmark_script_end_to_end(tmp_path):
     results.write_text("# Results\n\nbefore\n<!-- 2d-table:start -->\nold\n<!-- 2d-table:end -->\nafter\n")
     cmd = [sys.executable, str(ROOT / "benchmarks" / "mode_collapse_2d.py"), "--steps", "4", "--eval-every", "2",
            "--seeds", "2", "--out", str(tmp_path / "img"), "--results", str(results), "--runs", str(tmp_path / "runs"),
-           "--jobs", "2", "--set", "g_hidden=8", "d_units=4", "components=5", "teach_steps=2", "eval_samples=100"]
+           "--jobs", "2", "--device", "cpu", "--set", "g_hidden=8", "d_units=4", "components=5", "teach_steps=2", "eval_samples=100"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     text = results.read_text()
@@ -83,3 +95,6 @@ def test_benchmark_script_rejects_bad_arguments():
     out = subprocess.run([sys.executable, script, "--set", "nonsense=1"], capture_output=True, text=True,
                          timeout=120, cwd=ROOT)
     assert out.returncode == 2 and "FIELD one of" in out.stderr
+    with pytest.raises(SystemExit):
+        mc.parse_args(["--device", "gpu0"])  # argparse prints: 'gpu0' is not a device: cpu, cuda, cuda:1, ...
+    assert mc.parse_args([])[0].device == ("cuda" if torch.cuda.is_available() else "cpu")

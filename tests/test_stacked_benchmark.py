@@ -25,6 +25,17 @@ def test_networks_follow_the_reduced_discriminator_protocol():
     assert d_convs == [cfg.ngf // 4, 2 * cfg.ngf // 4]  # the example's standard discriminator: ndf = ngf
 
 
+@pytest.mark.parametrize("method", sf.METHODS)
+def test_a_run_lives_on_its_device(method):
+    """'meta' (shapes only) stands in for a GPU: a tensor left behind on the CPU shows."""
+    run = sf.Run(method, 0, sf.Config(), data=torch.zeros(8, 3, 28, 28, device="meta"), device="meta")
+    modules = [run.G, run.D] + ([run.E] if run.lbt is not None else [])
+    assert {t.device.type for m in modules for t in [*m.parameters(), *m.buffers()]} == {"meta"}
+    assert run.samples(3).device.type == "meta"
+    if method == "dcgan":
+        run.step()  # a whole update: everything it makes is on the device too (LBT and unrolling read values)
+
+
 def test_classifier_features_are_the_penultimate_layer_per_channel():
     clf = ChannelClassifier().eval()
     x = torch.rand(5, 3, 28, 28) * 2 - 1
@@ -38,7 +49,8 @@ def test_classifier_features_are_the_penultimate_layer_per_channel():
 def test_benchmark_end_to_end_and_resume(digits, tmp_path):
     results = tmp_path / "results.md"
     results.write_text("<!-- stacked-table:start -->\nold\n<!-- stacked-table:end -->\n")
-    argv = ["--steps", "2", "--eval-every", "1", "--eval-samples", "40", "--seeds", "1", "--data-root", str(digits),
+    argv = ["--steps", "2", "--eval-every", "1", "--eval-samples", "40", "--seeds", "1", "--device", "cpu",
+            "--data-root", str(digits),
             "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "img"), "--results", str(results)]
     sf.main(argv)
     text = results.read_text()
