@@ -7,7 +7,7 @@
 Settings (K unrolled steps of the estimator's own optimizer, ``teach_steps=0``, so every
 variant does the same work from the same warm optimizer state):
 
-- ``dcgan``: a DCGAN-size generator (z of 100 -> 28x28, 1.8M parameters) and the package's
+- ``dcgan``: the DCGAN example's generator (z of 100 -> 28x28, 1.8M parameters) and the package's
   ConvVAE, Adam, batch 64;
 - ``mixture``: a tiny 2-D generator (MLP 2x128) and a 50-component Gaussian mixture, SGD, batch 256;
 - ``flow``: the same generator and a small RealNVP (4 couplings of width 32), SGD, batch 256.

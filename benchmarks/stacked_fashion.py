@@ -1,22 +1,23 @@
 """Stacked Fashion-MNIST with a reduced discriminator: DCGAN, Unrolled GAN and LBT-GAN, several seeds, resumable.
 
-    python benchmarks/stacked_fashion.py                 # all four methods (docs/results.md ran the first three: 9 runs, about 2 hours on 2 cores)
+    python benchmarks/stacked_fashion.py                 # all four methods (docs/results.md ran the first three:
+                                                         # 9 runs, about 2 hours on 2 cores)
     python benchmarks/stacked_fashion.py --quick         # minutes: the same protocol, tiny budget, 1 seed
     python benchmarks/stacked_fashion.py --runs DIR      # continue an interrupted benchmark; finished runs are reused
     python benchmarks/stacked_fashion.py --device cuda   # on a GPU (the default where one is visible)
 
 The protocol is the Stacked MNIST experiment of the Unrolled GAN paper as PacGAN's code runs it
 (github fjxmlzn/PacGAN, ``unrolled_GAN_experiment``), where a discriminator narrower than the
-generator makes a DCGAN drop modes on purpose: three random digits as the three channels of one
-28 x 28 image (1000 modes), a DCGAN generator, and a discriminator a quarter (``--d-width quarter``,
+generator makes a DCGAN drop modes on purpose: three random images as the three channels of one
+28 x 28 image (1000 modes: one per triple of classes), a DCGAN generator, and a discriminator a quarter (``--d-width quarter``,
 the default) or a half as wide as the standard one. The networks are ``examples/dcgan_lbt.py``'s
 DCGAN (``--arch dcgan``: generator width ``ngf`` = 32, and discriminator width ``ngf / 4`` = 8 where
 the example's standard is ``ndf = ngf``), trained as that example trains them (Adam 2e-4, betas
 0.5 / 0.999, batch 64, z of 100);
 PacGAN's own small networks (``--arch pacgan``: z of 256 -> 4x4x64 -> 3x3 deconvolutions to
 7x7x32, 14x14x16, 28x28x8 -> 3 channels; discriminator widths 2, 4, 8; Adam G 1e-4, D 2e-4,
-batch 128) are kept for comparison. Fashion-MNIST stands in for MNIST (the only digit set offline
-here), and the budget is far smaller than the paper's 500,000 iterations (docs/results.md).
+batch 128) are kept for comparison. Fashion-MNIST stands in for MNIST (of the two, the only one
+offline here), and the budget is far smaller than the paper's 500,000 iterations (docs/results.md).
 
 Methods (the same networks, optimizers, data order and number of generator updates):
 
@@ -28,8 +29,8 @@ Methods (the same networks, optimizers, data order and number of generator updat
   teaching steps), cheaper (not in docs/results.md's table).
 
 Metrics, from 26,000 samples (the Stacked MNIST protocol) at every evaluation: modes with at least
-one sample and KL(mode histogram || uniform), by the package's digit classifier trained on
-Fashion-MNIST (its held-out accuracy is printed); and two quality measures in that classifier's
+one sample and KL(mode histogram || uniform), channel by channel by the package's classifier
+(``lbt_plugin.metrics.ChannelClassifier``) trained on Fashion-MNIST (its held-out accuracy is printed); and two quality measures in that classifier's
 feature space, as FID needs Inception weights that are not offline here: the Fréchet distance
 between generated and real stacked images (each channel's 128 features, concatenated) and the mean
 confidence of the classifier on generated channels.
