@@ -7,6 +7,7 @@ Checkpoints are written with :func:`lbt_plugin.files.save_atomic` and read with
 """
 from __future__ import annotations
 
+import abc
 import argparse
 import math
 import multiprocessing as mp
@@ -54,11 +55,11 @@ def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, 
 
 
 # ----------------------------------------------------------------------------- resumable runs
-class ResumableRun:
+class ResumableRun(abc.ABC):
     """A training run whose checkpoint holds everything it needs to continue exactly.
 
     Subclasses build ``G``, ``D``, ``g_opt``, ``d_opt`` and ``lbt`` (an ``LBTLoss`` or None), define
-    ``step()``, and say in :meth:`extra_state` / :meth:`load_extra_state` what else a checkpoint holds (random
+    :meth:`step`, and say in :meth:`extra_state` / :meth:`load_extra_state` what else a checkpoint holds (random
     number generators, history, the configuration it was written with); :meth:`check_state` refuses a
     checkpoint of another configuration before anything is loaded.
     """
@@ -71,17 +72,21 @@ class ResumableRun:
     step_count: int = 0
     history: List[Any]
 
-    def step(self) -> None:  # pragma: no cover - every subclass defines it
-        raise NotImplementedError
+    @abc.abstractmethod
+    def step(self) -> None:
+        """One training iteration; counts itself in ``step_count``."""
 
+    @abc.abstractmethod
     def extra_state(self) -> Dict[str, Any]:
-        return {}
+        """What the checkpoint holds beside the networks, their optimizers, the LBT loss and the step."""
 
+    @abc.abstractmethod
     def check_state(self, state: Dict[str, Any]) -> None:
         """Raise ``ValueError`` if ``state`` was written with another configuration."""
 
+    @abc.abstractmethod
     def load_extra_state(self, state: Dict[str, Any]) -> None:
-        pass
+        """Restore what :meth:`extra_state` saved."""
 
     def state_dict(self) -> Dict[str, Any]:
         state = {"step": self.step_count, "G": self.G.state_dict(), "D": self.D.state_dict(),

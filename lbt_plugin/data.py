@@ -27,7 +27,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["DATASETS", "read_idx", "load_idx_dataset", "stack_channels", "fetch_debian_fashion_mnist"]
+__all__ = ["DATASETS", "read_idx", "load_idx_dataset", "stack_channels"]
 
 #: The names :func:`load_idx_dataset` takes.
 DATASETS = ("fashion-mnist", "mnist")
