@@ -9,7 +9,8 @@ it measured, and L2), with ``LBTLoss``'s ``reduction="batchmean"`` (the summed l
 the paper's form and this package's former default) and ``reduction="mean"`` (nats per data
 dimension, the default):
 
-- 2-D: the mode-collapse benchmark's generator and mixture estimator on the 25-mode grid;
+- 2-D: the mode-collapse benchmark's generator and mixture estimator on the 25-mode grid
+  (``benchmarks/mode_collapse_2d.py``);
 - stacked: ``examples/dcgan_lbt.py`` on Stacked Fashion-MNIST (3 x 28 x 28), its ConvVAE;
 - pytorch DCGAN: the 64 x 64 x 3 DCGAN of pytorch/examples' ``dcgan/main.py`` (ngf = ndf = 64,
   nz = 100), written out here, with ``ConvVAE(3, 64)`` as in the line
@@ -22,20 +23,17 @@ Each cell is the median (and range) over 5 seeds of network initialisation.
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
-import sys
 from pathlib import Path
 from typing import Callable, Tuple
 
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
-
-from lbt_plugin import LBTLoss  # noqa: E402
-from lbt_plugin.estimators import ConvVAE  # noqa: E402
+import mode_collapse_2d as mc
+from _common import dcgan_example, publish, stacked_images
+from lbt_plugin import LBTLoss
+from lbt_plugin.estimators import ConvVAE
 
 
 class PytorchDCGANGenerator(nn.Module):
@@ -68,26 +66,13 @@ class PytorchDCGANDiscriminator(nn.Module):
         return self.main(x).view(-1)
 
 
-def _dcgan_init(m: nn.Module) -> None:
-    name = type(m).__name__
-    if "Conv" in name:
-        nn.init.normal_(m.weight, 0.0, 0.02)
-    elif "BatchNorm" in name:
-        nn.init.normal_(m.weight, 1.0, 0.02)
-        nn.init.zeros_(m.bias)
-
-
 Problem = Tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor], Callable[[], nn.Module], torch.Tensor, torch.Tensor]
 
 
 def two_d(seed: int) -> Problem:
-    import mode_collapse_2d as mc
-
-    cfg = mc.Config()
-    run = mc.Run("lbt-gan", "grid", [seed], cfg)
-    real = torch.stack([run.mixture.sample(cfg.batch, g) for g in run.data_gens])
-    z = torch.stack([torch.randn(cfg.batch, cfg.latent, generator=g) for g in run.noise_gens])
-    gan = lambda fake: run._gan_loss(run.D(fake.transpose(0, 1)), 1.0)  # noqa: E731  (fake: [B, 1, 2])
+    run = mc.Run("lbt-gan", "grid", [seed], mc.Config())
+    real, z = run.batch()
+    gan = lambda fake: mc.gan_loss(run.D(fake.transpose(0, 1)), 1.0)  # noqa: E731  (fake: [B, 1, 2])
     return _BatchFirst(run.G), gan, lambda: run.est, real.transpose(0, 1), z.transpose(0, 1)
 
 
@@ -103,15 +88,12 @@ class _BatchFirst(nn.Module):
 
 
 def _images(size: int, n: int) -> torch.Tensor:
-    import dcgan_lbt
-
-    x = dcgan_lbt.load_dataset("stacked-fashion-mnist", None, size)
+    x = stacked_images(None, size)
     return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n]]
 
 
 def stacked(seed: int) -> Problem:
-    import dcgan_lbt
-
+    dcgan_lbt = dcgan_example()
     torch.manual_seed(seed)
     G, D = dcgan_lbt.Generator(100, 64, 3, 28), dcgan_lbt.Discriminator(64, 3, 28)
     G.apply(dcgan_lbt.weights_init), D.apply(dcgan_lbt.weights_init)
@@ -121,9 +103,10 @@ def stacked(seed: int) -> Problem:
 
 
 def pytorch_dcgan(seed: int) -> Problem:
+    weights_init = dcgan_example().weights_init  # the same as pytorch/examples' weights_init
     torch.manual_seed(seed)
     G, D = PytorchDCGANGenerator(), PytorchDCGANDiscriminator()
-    G.apply(_dcgan_init), D.apply(_dcgan_init)
+    G.apply(weights_init), D.apply(weights_init)
     bce = nn.BCELoss()
     gan = lambda fake: bce(D(fake), torch.ones(fake.shape[0]))  # noqa: E731
     return G, gan, lambda: ConvVAE(3, 64), _images(64, 64), torch.randn(64, 100, 1, 1)
@@ -164,14 +147,7 @@ def main() -> None:
     body = "\n".join(lines) + (f"\n\n|grad_G LBT| / |grad_G GAN| at the first generator step: median (smallest to "
                                f"largest) over {args.seeds} initialisations. Command: "
                                "`python benchmarks/gradient_balance.py`")
-    print("\n" + body)
-    if str(args.out) != "-":
-        start, end = "<!-- balance:start -->", "<!-- balance:end -->"
-        text = args.out.read_text()
-        if start not in text:
-            text += f"\n{start}\n{end}\n"
-        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{body}\n{end}", text, flags=re.S)
-        args.out.write_text(text)
+    publish(body, args.out, "balance", title="# LBT")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
 Settings (K unrolled steps of the estimator's own optimizer, ``teach_steps=0``, so every
 variant does the same work from the same warm optimizer state):
 
-- ``dcgan``: a DCGAN-size generator (z of 100 -> 28x28, 1.8M parameters) and the package's
+- ``dcgan``: the DCGAN example's generator (z of 100 -> 28x28, 1.8M parameters) and the package's
   ConvVAE, Adam, batch 64;
 - ``mixture``: a tiny 2-D generator (MLP 2x128) and a 50-component Gaussian mixture, SGD, batch 256;
 - ``flow``: the same generator and a small RealNVP (4 couplings of width 32), SGD, batch 256.
@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm import tqdm
 
+from _common import dcgan_example, publish
 from lbt_plugin import LBTLoss
 from lbt_plugin._impl.backends import FuncBackend
 from lbt_plugin.estimators import ConvVAE, GaussianMixture, RealNVP
@@ -52,11 +53,8 @@ from lbt_plugin.profile import GraphMemory
 
 # ----------------------------------------------------------------------------- settings
 def dcgan_generator(nz: int = 100, ngf: int = 64) -> nn.Module:
-    return nn.Sequential(
-        nn.ConvTranspose2d(nz, 4 * ngf, 7, 1, 0, bias=False), nn.BatchNorm2d(4 * ngf), nn.ReLU(True),
-        nn.ConvTranspose2d(4 * ngf, 2 * ngf, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * ngf), nn.ReLU(True),
-        nn.ConvTranspose2d(2 * ngf, 1, 4, 2, 1, bias=False), nn.Tanh(),
-    )
+    """examples/dcgan_lbt.py's generator at 28x28, one channel: z [B, nz, 1, 1] -> [B, 1, 28, 28]."""
+    return dcgan_example().Generator(nz, ngf, 1, 28)
 
 
 def mlp_generator() -> nn.Module:
@@ -387,17 +385,8 @@ def main() -> None:
             + "\n".join(ops) +
             "\n\nMemory the autograd graph holds for the backward pass (dcgan setting, default backend; saved "
             "storages):\n\n" + "\n".join(memory))
-    print(body)
-    if str(args.out) != "-":
-        tag = "cuda" if device.type == "cuda" else f"cpu-{torch.get_num_threads()}t"
-        start, end = f"<!-- perf-{tag}:start -->", f"<!-- perf-{tag}:end -->"
-        text = args.out.read_text() if args.out.exists() else "# Performance\n"
-        if start not in text:
-            text += f"\n{start}\n{end}\n"
-        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{body}\n{end}", text,
-                      flags=re.S)
-        args.out.write_text(text)
-        print(f"\nwritten to {args.out}")
+    tag = "cuda" if device.type == "cuda" else f"cpu-{torch.get_num_threads()}t"
+    publish(body, args.out, f"perf-{tag}", title="# Performance")
 
 
 if __name__ == "__main__":

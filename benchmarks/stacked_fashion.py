@@ -1,21 +1,23 @@
 """Stacked Fashion-MNIST with a reduced discriminator: DCGAN, Unrolled GAN and LBT-GAN, several seeds, resumable.
 
-    python benchmarks/stacked_fashion.py                 # all four methods (docs/results.md ran the first three: 9 runs, about 2 hours on 2 cores)
+    python benchmarks/stacked_fashion.py                 # all four methods (docs/results.md ran the first three:
+                                                         # 9 runs, about 2 hours on 2 cores)
     python benchmarks/stacked_fashion.py --quick         # minutes: the same protocol, tiny budget, 1 seed
     python benchmarks/stacked_fashion.py --runs DIR      # continue an interrupted benchmark; finished runs are reused
+    python benchmarks/stacked_fashion.py --device cuda   # on a GPU (the default where one is visible)
 
 The protocol is the Stacked MNIST experiment of the Unrolled GAN paper as PacGAN's code runs it
 (github fjxmlzn/PacGAN, ``unrolled_GAN_experiment``), where a discriminator narrower than the
-generator makes a DCGAN drop modes on purpose: three random digits as the three channels of one
-28 x 28 image (1000 modes), a DCGAN generator, and a discriminator a quarter (``--d-width quarter``,
+generator makes a DCGAN drop modes on purpose: three random images as the three channels of one
+28 x 28 image (1000 modes: one per triple of classes), a DCGAN generator, and a discriminator a quarter (``--d-width quarter``,
 the default) or a half as wide as the standard one. The networks are ``examples/dcgan_lbt.py``'s
 DCGAN (``--arch dcgan``: generator width ``ngf`` = 32, and discriminator width ``ngf / 4`` = 8 where
 the example's standard is ``ndf = ngf``), trained as that example trains them (Adam 2e-4, betas
 0.5 / 0.999, batch 64, z of 100);
 PacGAN's own small networks (``--arch pacgan``: z of 256 -> 4x4x64 -> 3x3 deconvolutions to
 7x7x32, 14x14x16, 28x28x8 -> 3 channels; discriminator widths 2, 4, 8; Adam G 1e-4, D 2e-4,
-batch 128) are kept for comparison. Fashion-MNIST stands in for MNIST (the only digit set offline
-here), and the budget is far smaller than the paper's 500,000 iterations (docs/results.md).
+batch 128) are kept for comparison. Fashion-MNIST stands in for MNIST (of the two, the only one
+offline here), and the budget is far smaller than the paper's 500,000 iterations (docs/results.md).
 
 Methods (the same networks, optimizers, data order and number of generator updates):
 
@@ -27,8 +29,8 @@ Methods (the same networks, optimizers, data order and number of generator updat
   teaching steps), cheaper (not in docs/results.md's table).
 
 Metrics, from 26,000 samples (the Stacked MNIST protocol) at every evaluation: modes with at least
-one sample and KL(mode histogram || uniform), by the package's digit classifier trained on
-Fashion-MNIST (its held-out accuracy is printed); and two quality measures in that classifier's
+one sample and KL(mode histogram || uniform), channel by channel by the package's classifier
+(``lbt_plugin.metrics.ChannelClassifier``) trained on Fashion-MNIST (its held-out accuracy is printed); and two quality measures in that classifier's
 feature space, as FID needs Inception weights that are not offline here: the Fréchet distance
 between generated and real stacked images (each channel's 128 features, concatenated) and the mean
 confidence of the classifier on generated channels.
@@ -37,28 +39,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
-import multiprocessing as mp
-import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
-
-from lbt_plugin import LBTLoss, Unroller  # noqa: E402
-from lbt_plugin.data import load_digits  # noqa: E402
-from lbt_plugin.estimators import ConvVAE  # noqa: E402
-from lbt_plugin.metrics import classifier_features, stacked_mode_stats, train_digit_classifier  # noqa: E402
-from dcgan_lbt import save_checkpoint  # noqa: E402  (atomic: a crash while saving keeps the last good one)
-from mode_collapse_2d import mean_se, write_results  # noqa: E402  (the 2-D benchmark's table helpers)
+from _common import (ResumableRun, add_device_flag, dcgan_example, mean_se, plot_mean_se, pool, publish, pyplot,
+                     require_positive, stacked_images, train_resumable)
+from lbt_plugin import LBTLoss, Unroller
+from lbt_plugin.data import load_idx_dataset
+from lbt_plugin.estimators import ConvVAE
+from lbt_plugin.metrics import (classifier_features, load_channel_classifier, stacked_mode_stats,
+                                train_channel_classifier)
 
 METHODS = ("dcgan", "unrolled", "lbt-gan", "lbt-gan-small")
 NAMES = {"dcgan": "DCGAN", "unrolled": "Unrolled GAN", "lbt-gan": "LBT-GAN",
@@ -126,29 +123,28 @@ class Discriminator(nn.Module):
         return self.net(x).view(-1)
 
 
-# ----------------------------------------------------------------------------- data
-def stacked_data(data_root: Optional[Path]) -> Tensor:
-    """60,000 stacked images ``[N, 3, 28, 28]`` in [-1, 1]: three random training images as the channels."""
-    images, _ = load_digits("fashion-mnist", data_root)
-    x = images.float().div(127.5).sub(1)
-    idx = torch.randint(len(x), (len(x), 3), generator=torch.Generator().manual_seed(0))
-    return x[idx]
-
-
 # ----------------------------------------------------------------------------- one run
-class Run:
-    def __init__(self, method: str, seed: int, cfg: Config, lbt: Optional[Dict] = None):
-        self.method, self.seed, self.cfg = method, seed, cfg
+class Run(ResumableRun):
+    """One method, one seed: ``step()`` is one discriminator and one generator update on ``data``.
+
+    The networks are initialised on the CPU and moved to ``device``; data order and latents are drawn on the CPU
+    from the run's own generator: the same numbers go in on every device.
+    """
+
+    def __init__(self, method: str, seed: int, cfg: Config, lbt: Optional[Dict] = None,
+                 data: Optional[Tensor] = None, device: Union[str, torch.device] = "cpu"):
+        self.method, self.seed, self.cfg, self.data = method, seed, cfg, data
+        self.device = torch.device(device)
         torch.manual_seed(seed)
         if cfg.arch == "dcgan":
-            import dcgan_lbt
-
+            dcgan_lbt = dcgan_example()
             ratio = D_RATIO[cfg.d_width]
             self.G = dcgan_lbt.Generator(cfg.nz, cfg.ngf, 3, 28)
             self.D = dcgan_lbt.Discriminator(cfg.ngf // ratio, 3, 28)
             self.G.apply(dcgan_lbt.weights_init), self.D.apply(dcgan_lbt.weights_init)
         else:
             self.G, self.D = Generator(cfg.nz), Discriminator(D_WIDTHS[cfg.d_width])
+        self.G, self.D = self.G.to(self.device), self.D.to(self.device)
         self.z_shape = (cfg.nz, 1, 1) if cfg.arch == "dcgan" else (cfg.nz,)
         self.g_opt = torch.optim.Adam(self.G.parameters(), lr=cfg.g_lr, betas=cfg.betas)
         self.d_opt = torch.optim.Adam(self.D.parameters(), lr=cfg.d_lr, betas=cfg.betas)
@@ -158,7 +154,7 @@ class Run:
         self.settings = lbt or (SMALL if method == "lbt-gan-small" else DEFAULT)
         if method.startswith("lbt"):
             s = self.settings
-            self.E = ConvVAE(3, 28, **s["estimator"])
+            self.E = ConvVAE(3, 28, **s["estimator"]).to(self.device)
             opt = {"default": None,
                    "adam": lambda: torch.optim.Adam(self.E.parameters(), lr=s["est_lr"], betas=(0.5, 0.999)),
                    "sgd": lambda: torch.optim.SGD(self.E.parameters(), lr=s["est_lr"])}[s["optimizer"]]
@@ -168,11 +164,11 @@ class Run:
         self.step_count = 0
         self.history: List[Dict] = []
 
-    def step(self, data: Tensor) -> None:
-        cfg = self.cfg
+    def step(self) -> None:
+        cfg, data = self.cfg, self.data
         real = data[torch.randint(len(data), (cfg.batch,), generator=self.gen)]
-        z = torch.randn(cfg.batch, *self.z_shape, generator=self.gen)
-        ones, zeros = torch.ones(cfg.batch), torch.zeros(cfg.batch)
+        z = torch.randn(cfg.batch, *self.z_shape, generator=self.gen).to(self.device)
+        ones, zeros = torch.ones(cfg.batch, device=self.device), torch.zeros(cfg.batch, device=self.device)
         fake = self.G(z)
         self.d_opt.zero_grad(set_to_none=True)
         (self.bce(self.D(real), ones) + self.bce(self.D(fake.detach()), zeros)).backward()
@@ -193,28 +189,26 @@ class Run:
     def samples(self, n: int) -> Tensor:
         """``n`` samples from fixed latents, batch statistics in batches of ``cfg.batch`` (as PacGAN samples)."""
         gen = torch.Generator().manual_seed(2333)
-        return torch.cat([self.G(torch.randn(min(self.cfg.batch, n - i), *self.z_shape, generator=gen))
-                          for i in range(0, n, self.cfg.batch)])
+        return torch.cat([self.G(torch.randn(min(self.cfg.batch, n - i), *self.z_shape, generator=gen
+                                             ).to(self.device)) for i in range(0, n, self.cfg.batch)])
 
-    def state_dict(self) -> Dict:
-        state = {"step": self.step_count, "G": self.G.state_dict(), "D": self.D.state_dict(),
-                 "g_opt": self.g_opt.state_dict(), "d_opt": self.d_opt.state_dict(), "rng": self.gen.get_state(),
-                 "torch_rng": torch.get_rng_state(), "history": self.history,
+    def extra_state(self) -> Dict[str, Any]:
+        state = {"rng": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "history": self.history,
                  "config": _plain(dataclasses.asdict(self.cfg)), "settings": _plain(self.settings)}
-        if self.lbt is not None:
-            state["lbt"] = self.lbt.state_dict()
+        if self.device.type == "cuda":  # the estimator's reparameterisation noise is drawn there
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
 
-    def load_state_dict(self, state: Dict) -> None:
+    def check_state(self, state: Dict[str, Any]) -> None:
         if state["config"] != _plain(dataclasses.asdict(self.cfg)) or state["settings"] != _plain(self.settings):
             raise ValueError("the checkpoint was written with another Config or LBT setting; use another --runs")
-        self.G.load_state_dict(state["G"]), self.D.load_state_dict(state["D"])
-        self.g_opt.load_state_dict(state["g_opt"]), self.d_opt.load_state_dict(state["d_opt"])
+
+    def load_extra_state(self, state: Dict[str, Any]) -> None:
         self.gen.set_state(state["rng"])
         torch.set_rng_state(state["torch_rng"])
-        if self.lbt is not None:
-            self.lbt.load_state_dict(state["lbt"])
-        self.step_count, self.history = int(state["step"]), list(state["history"])
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.history = list(state["history"])
 
 
 def _plain(x):
@@ -254,30 +248,23 @@ def _gaussian(features: Tensor):
 
 
 def train(method: str, seed: int, cfg: Config, runs: Path, data_root: Optional[Path], classifier_path: Path,
-          lbt: Optional[Dict] = None, name: Optional[str] = None, progress: bool = False) -> Dict:
-    """Train (or continue) one run, evaluating every ``eval_every`` updates; returns its history and samples."""
+          lbt: Optional[Dict] = None, name: Optional[str] = None, progress: bool = False,
+          device: Union[str, torch.device] = "cpu") -> Dict:
+    """Train (or continue) one run on ``device`` (models, data, classifier and metrics there), evaluating every
+    ``eval_every`` updates; returns its history and a grid of samples (on the CPU). A checkpoint written on one
+    device continues on another."""
     torch.set_num_threads(1)
-    data = stacked_data(data_root)
-    classifier, _ = train_digit_classifier(torch.zeros(0), torch.zeros(0), cache=str(classifier_path))
-    evaluate = Evaluator(classifier, data, cfg.eval_samples)
-    run = Run(method, seed, cfg, lbt)
-    path = runs / f"{name or method}_seed{seed}.pt"
-    seconds = 0.0
-    if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        run.load_state_dict(state)
-        seconds = float(state["seconds"])
-    bar = tqdm(total=cfg.steps, initial=run.step_count, desc=f"{name or method} seed {seed}", disable=not progress)
-    while run.step_count < cfg.steps:
-        t0 = time.perf_counter()
-        for _ in range(min(cfg.eval_every, cfg.steps - run.step_count)):
-            run.step(data)
-        seconds += time.perf_counter() - t0
-        run.history.append({"step": run.step_count, "seconds": seconds, **evaluate(run.samples(cfg.eval_samples))})
-        bar.update(run.step_count - bar.n)
-        save_checkpoint(path, {**run.state_dict(), "seconds": seconds})
-    bar.close()
-    return {"history": run.history, "grid": run.samples(64), "seconds": seconds}
+    data = stacked_images(data_root).to(device)
+    classifier, _ = load_channel_classifier(str(classifier_path))
+    evaluator = Evaluator(classifier.to(device), data, cfg.eval_samples)
+    run = Run(method, seed, cfg, lbt, data=data, device=device)
+
+    def evaluate(seconds: float) -> Dict[str, Any]:
+        return {"step": run.step_count, "seconds": seconds, **evaluator(run.samples(cfg.eval_samples))}
+
+    seconds = train_resumable(run, runs / f"{name or method}_seed{seed}.pt", cfg.steps, cfg.eval_every, evaluate,
+                              f"{name or method} seed {seed}", progress)
+    return {"history": run.history, "grid": run.samples(64).cpu(), "seconds": seconds}
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -295,22 +282,17 @@ def table(results: Dict[str, List[Dict]], methods: Sequence[str]) -> str:
 
 
 def plots(results: Dict[str, List[Dict]], methods: Sequence[str], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Curves of modes, KL and classifier FD (mean ± s.e. over seeds), seed 0's mode histogram and sample grids."""
     import torchvision.utils as vutils
 
+    plt = pyplot()
     out.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
     for m in methods:
         for ax, key in zip(axes, ("modes", "kl", "fd")):
             steps = [h["step"] for h in results[m][0]["history"]]
             values = torch.tensor([[h[key] for h in r["history"]] for r in results[m]], dtype=torch.float64)
-            mean = values.mean(0)
-            se = values.std(0) / math.sqrt(len(values)) if len(values) > 1 else torch.zeros_like(mean)
-            ax.plot(steps, mean, label=NAMES[m])
-            ax.fill_between(steps, mean - se, mean + se, alpha=0.2)
+            plot_mean_se(ax, steps, values, 0, NAMES[m])
     for ax, title in zip(axes, ("modes (of 1000)", "KL(modes ‖ uniform)", "classifier Fréchet distance")):
         ax.set_title(title), ax.set_xlabel("generator updates")
     axes[0].legend()
@@ -351,11 +333,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--results", type=Path, default=Path("docs/results.md"), help="'-' to only print")
     p.add_argument("--table", default="stacked-table")
     p.add_argument("--jobs", type=int, default=2)
+    add_device_flag(p)
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.steps, args.eval_every, args.eval_samples = 1, 200, 100, 2000
-    if min(args.seeds, args.steps, args.eval_every, args.jobs, args.eval_samples) < 1:
-        p.error("--seeds, --steps, --eval-every, --eval-samples and --jobs must be >= 1")
+    require_positive(p, args, ("seeds", "steps", "eval_every", "eval_samples", "jobs"))
     if args.arch == "pacgan":
         if args.d_width not in D_WIDTHS:
             p.error(f"--arch pacgan takes --d-width {' / '.join(D_WIDTHS)}")
@@ -365,17 +347,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args.runs.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
-    images, labels = load_digits("fashion-mnist", args.data_root)
+    images, labels = load_idx_dataset("fashion-mnist", args.data_root)
     classifier_path = args.runs / "classifier.pt"
-    _, accuracy = train_digit_classifier(images, labels, epochs=2, cache=str(classifier_path))
+    _, accuracy = train_channel_classifier(images, labels, epochs=2, cache=str(classifier_path), device=args.device)
     print(f"classifier: held-out accuracy {100 * accuracy:.1f}%", flush=True)
 
     cost = {"lbt-gan": 0, "lbt-gan-small": 1, "unrolled": 2, "dcgan": 3}  # longest runs first: the pool packs better
     tasks = [(m, s) for m in sorted(args.methods, key=cost.get) for s in range(args.seeds)]
     results: Dict[str, List[Dict]] = {m: [None] * args.seeds for m in args.methods}  # type: ignore[list-item]
-    with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(train, m, s, cfg, args.runs, args.data_root, classifier_path): (m, s)
-                   for m, s in tasks}
+    with pool(args.jobs) as workers:
+        futures = {workers.submit(train, m, s, cfg, args.runs, args.data_root, classifier_path, device=args.device):
+                   (m, s) for m, s in tasks}
         for future in tqdm(as_completed(futures), total=len(futures), desc="runs"):
             m, s = futures[future]
             results[m][s] = res = future.result()
@@ -388,13 +370,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
            f"--d-width {args.d_width}")
     if args.methods != list(METHODS):
         cmd += " --methods " + " ".join(args.methods)
+    where = "one CPU thread"
+    if torch.device(args.device).type != "cpu":
+        cmd += f" --device {args.device}"
+        where = args.device
     footer = (f"\n\n{args.seeds} seeds, {args.steps} generator updates per run, batch {cfg.batch}, "
               f"{cfg.eval_samples} samples per evaluation; the classifier's held-out accuracy "
-              f"{100 * accuracy:.1f}%; minutes: training time of one run on one CPU thread, {args.jobs} runs at a "
+              f"{100 * accuracy:.1f}%; minutes: training time of one run on {where}, {args.jobs} runs at a "
               f"time; {(time.time() - t0) / 60:.0f} min wall clock for the command. Command: `{cmd}`")
-    print("\n" + body + footer)
-    if str(args.results) != "-":
-        write_results(args.results, body + footer, args.table)
+    publish(body + footer, args.results, args.table)
 
 
 if __name__ == "__main__":

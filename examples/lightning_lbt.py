@@ -3,14 +3,14 @@
     pip install -e ".[examples,lightning]"
     python examples/lightning_lbt.py --max-steps 200          # Fashion-MNIST, offline (see dcgan_lbt.py)
 
-The lines that LBT adds end in ``# LBT``. Lightning's DDP strategy works as is:
+The lines that LBT adds end in ``# LBT`` (or ``# LBT: why``); the lines it changes end in
+``# LBT, plain: what they were`` (docs/dcgan.md). Lightning's DDP strategy works as is:
 ``LBTLoss`` sees the initialised process group and keeps its estimator identical on
 every rank (docs/distributed.md).
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -18,17 +18,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dcgan_lbt import Discriminator, Generator, load_dataset  # noqa: E402  (the same DCGAN networks)
-
-from lbt_plugin import LBTLoss  # noqa: E402  # LBT
-from lbt_plugin.estimators import ConvVAE  # noqa: E402  # LBT
+from dcgan_lbt import Discriminator, Generator  # the DCGAN example's networks (this folder is on the path)
+from dcgan_support import load_dataset
+from lbt_plugin import LBTLoss  # LBT
+from lbt_plugin.estimators import ConvVAE  # LBT
 
 
 class LBTGAN(L.LightningModule):
     def __init__(self, channels: int = 1, image_size: int = 28, latent_dim: int = 100, width: int = 64,
-                 lr: float = 2e-4, lbt_weight: float = 1.0, k: int = 5, teach_steps: int = 1,
-                 est_latent: int = 64, est_width: int = 32):
+                 lr: float = 2e-4,
+                 lbt_weight: float = 1.0, k: int = 5, teach_steps: int = 1, est_latent: int = 64,  # LBT
+                 est_width: int = 32,  # LBT
+                 ):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -42,7 +43,7 @@ class LBTGAN(L.LightningModule):
         opt_g = torch.optim.Adam(self.generator.parameters(), lr=h.lr, betas=(0.5, 0.999))
         opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=h.lr, betas=(0.5, 0.999))
         opt_e = torch.optim.Adam(self.estimator.parameters(), lr=3e-4, betas=(0.5, 0.999))  # LBT
-        return [opt_g, opt_d, opt_e]
+        return [opt_g, opt_d, opt_e]  # LBT, plain: return [opt_g, opt_d]
 
     def on_fit_start(self) -> None:  # LBT
         opt_e = self.optimizers()[2].optimizer  # LBT: the torch optimizer inside Lightning's wrapper
@@ -51,7 +52,7 @@ class LBTGAN(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         real = batch[0] if isinstance(batch, (list, tuple)) else batch
-        opt_g, opt_d, _ = self.optimizers()
+        opt_g, opt_d, _ = self.optimizers()  # LBT, plain: opt_g, opt_d = self.optimizers()
         z = torch.randn(real.size(0), self.hparams.latent_dim, 1, 1, device=self.device)
         fake = self.generator(z)
         ones, zeros = torch.ones(real.size(0), device=self.device), torch.zeros(real.size(0), device=self.device)
@@ -63,13 +64,15 @@ class LBTGAN(L.LightningModule):
         self.manual_backward(d_loss)
         opt_d.step()
 
-        # generator. No toggle_optimizer here: it would freeze the estimator, which LBT trains inside the call.
+        # generator
+        # (no toggle_optimizer: it would freeze the estimator, which LBT trains inside the call)  # LBT
         g_loss = F.binary_cross_entropy_with_logits(self.discriminator(fake), ones)
         lbt_loss = self.lbt(fake, real)  # LBT
         opt_g.zero_grad()
-        self.manual_backward(g_loss + lbt_loss)  # LBT: g_loss alone in the plain module
+        self.manual_backward(g_loss + lbt_loss)  # LBT, plain: self.manual_backward(g_loss)
         opt_g.step()
-        self.log_dict({"d_loss": d_loss, "g_loss": g_loss, "lbt_loss": lbt_loss}, prog_bar=True)
+        self.log_dict({"d_loss": d_loss, "g_loss": g_loss}, prog_bar=True)
+        self.log("lbt_loss", lbt_loss, prog_bar=True)  # LBT
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.generator(z)

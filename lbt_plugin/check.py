@@ -1,11 +1,14 @@
 """Validation of unrolled hypergradients: the functions behind ``lbt-plugin check``.
 
-Each check returns :class:`Result` rows; :func:`run_checks` runs them all for a
-generator, an estimator and an optimizer factory. All numerical checks run on
-float64 *copies* of the user's models, with the random number generator forked
-and re-seeded for every evaluation, so that a stochastic ``log_prob`` (a VAE's
-ELBO) is the same function at every point.
+:func:`forward_exactness`, :func:`hypergradient_error` and :func:`backend_agreement` each
+return a relative error (``hypergradient_error`` the gradient too); :func:`run_checks` builds the models from their
+factories, runs every check below for each optimizer factory, K and backend it is given,
+and returns the table's :class:`Result` rows. The numerical checks run on float64
+*copies* of the user's models, with the random number generator forked and re-seeded for
+every evaluation, so that a stochastic ``log_prob`` (a VAE's ELBO) is the same function
+at every point; the reach and finiteness checks run at the models' own dtype, as trained.
 
+- contract: one LBT step runs (what ``LBTLoss`` validates, with its own message);
 - forward exactness: :math:`\\theta_K` from the unroll equals the parameters after K
   real ``torch.optim`` steps on the same batch: bit for bit where ``torch.optim`` runs the
   unroll's arithmetic (CPU), within :func:`rounding_bound` where its kernels differ (CUDA, fused);

@@ -1,4 +1,5 @@
-"""The ``lbt-plugin`` command line: a thin layer over :mod:`lbt_plugin.check`."""
+"""The ``lbt-plugin`` command line: ``check`` (:mod:`lbt_plugin.check`), ``profile`` (:mod:`lbt_plugin.profile`)
+and ``fid`` (:func:`lbt_plugin.metrics.fid`), each a thin layer that parses options and reports errors."""
 from __future__ import annotations
 
 import sys
@@ -97,10 +98,11 @@ def check(estimator_spec, generator_spec, optimizer_spec, data_shape, latent_sha
           batch_size, device, seed) -> None:
     """Validate the unrolled LBT gradients on built-in tiny models or on yours.
 
-    Runs, in float64 on copies: theta_K against real torch.optim steps, the
-    hypergradient against finite differences, higher against torch.func, and
-    checks that every generator parameter gets a finite gradient. Exits with
-    status 1 when a check fails.
+    Checks that one LBT step runs and that teach_steps=0 changes nothing; then,
+    in float64 on copies: theta_K against real torch.optim steps, the
+    hypergradient against finite differences, higher against torch.func; last,
+    at the models' own dtype, that every generator parameter gets a finite
+    gradient. Exits with status 1 when a check fails.
     """
     from .check import format_table, run_checks
 
@@ -193,16 +195,21 @@ def profile(estimator_spec, generator_spec, optimizer_spec, data_shape, latent_s
 @click.option("--batch-size", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--generator", "generator_spec", metavar="MODULE:FUNCTION", default=None,
-              help="For a checkpoint source: the function that rebuilds its generator from the loaded checkpoint, "
-                   "e.g. examples/dcgan_lbt.py:load_generator.")
-def fid(source_a, source_b, weights, num_samples, data_root, dims, batch_size, device, generator_spec) -> None:
+              help="For a checkpoint source: your function that rebuilds the generator from the loaded checkpoint "
+                   "(state -> nn.Module), e.g. my_gan.py:load_generator.")
+@click.option("--latent-shape", default=None, metavar="D1,D2,...",
+              help="Shape of one latent vector of that generator, e.g. 100,1,1; default: its latent_dim / "
+                   "latent_shape attribute, else its first layer's input.")
+def fid(source_a, source_b, weights, num_samples, data_root, dims, batch_size, device, generator_spec,
+        latent_shape) -> None:
     """FID between two sources, computed by pytorch-fid.
 
     A source is a folder of images, a .npz of statistics, a dataset name
     (fashion-mnist or mnist: its first --num-samples training images), or a
     generator checkpoint with --generator naming the function that rebuilds the
-    generator from it (it draws --num-samples images). Checkpoints are read with
-    torch.load(weights_only=True); nothing in them is imported or called.
+    generator from it (it draws --num-samples images from z ~ N(0, I) of
+    --latent-shape). Checkpoints are read with torch.load(weights_only=True);
+    nothing in them is imported or called.
     """
     from .metrics import fid as fid_value
 
@@ -211,7 +218,8 @@ def fid(source_a, source_b, weights, num_samples, data_root, dims, batch_size, d
         raise click.BadParameter(f"{generator_spec} is a {type(loader).__name__}, not a function (state -> generator)")
     try:
         value = fid_value(source_a, source_b, weights=weights, dims=int(dims), batch_size=batch_size, device=device,
-                          num_samples=num_samples, data_root=data_root, generator_loader=loader)
+                          num_samples=num_samples, data_root=data_root, generator_loader=loader,
+                          latent_shape=_shape(latent_shape))
     except (RuntimeError, FileNotFoundError, ValueError, TypeError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"FID: {value}")

@@ -1,12 +1,15 @@
-"""Digit datasets from disk, offline first: MNIST and Fashion-MNIST idx files.
+"""Datasets of 28x28 grayscale idx files from disk, offline first: MNIST (digits) and Fashion-MNIST (clothing).
 
-``load_digits`` looks in ``root`` (if given), else in Debian's paths
+``load_idx_dataset`` looks in ``root`` (if given), else in Debian's paths
 (``/usr/share/datasets/fashion-mnist`` from the package ``dataset-fashion-mnist``) and ``./data``.
 When the files are nowhere, it downloads them once into ``./data`` (or ``root``): first from
 torchvision's mirrors, then, for Fashion-MNIST, from the Debian archive, which serves the package
 ``dataset-fashion-mnist`` to any machine that reaches Debian's mirrors (its SHA256 is pinned here,
 as in Debian's signed index, and checked before anything is extracted). Otherwise it raises an
 error that names every remedy.
+
+``stack_channels`` makes the stacked variant (the Stacked MNIST protocol): three random images as
+the three channels of one, 1000 modes for ten classes.
 """
 from __future__ import annotations
 
@@ -24,9 +27,14 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["read_idx", "load_digits", "DEBIAN_ROOTS"]
+__all__ = ["DATASETS", "read_idx", "load_idx_dataset", "stack_channels"]
 
-DEBIAN_ROOTS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist"), "mnist": Path("/usr/share/datasets/mnist")}
+#: The names :func:`load_idx_dataset` takes.
+DATASETS = ("fashion-mnist", "mnist")
+
+#: Where Debian's packages install each dataset's idx files.
+_DEBIAN_ROOTS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist"),
+                 "mnist": Path("/usr/share/datasets/mnist")}
 
 #: Debian bookworm's dataset-fashion-mnist (Filename and SHA256 of ``apt-cache show dataset-fashion-mnist``).
 DEBIAN_PACKAGE = (
@@ -72,14 +80,14 @@ def _from(root: Path, split: str) -> Optional[Tuple[Tensor, Tensor]]:
     return None
 
 
-def load_digits(name: str, root: Optional[Path] = None, train: bool = True) -> Tuple[Tensor, Tensor]:
-    """Images ``[N, 28, 28]`` (uint8) and labels of ``"mnist"`` or ``"fashion-mnist"``; see the module docstring."""
-    if name not in DEBIAN_ROOTS:
-        raise ValueError(f"unknown digit dataset {name!r}; choose from {sorted(DEBIAN_ROOTS)}")
+def load_idx_dataset(name: str, root: Optional[Path] = None, train: bool = True) -> Tuple[Tensor, Tensor]:
+    """Images ``[N, 28, 28]`` (uint8) and labels of a name in :data:`DATASETS`; see the module docstring."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown idx dataset {name!r}; choose from {', '.join(DATASETS)}")
     if root is not None and not Path(root).exists():
         raise FileNotFoundError(f"data root {root} does not exist")
     split = "train" if train else "t10k"
-    roots = [Path(root)] if root else [DEBIAN_ROOTS[name], Path("data")]
+    roots = [Path(root)] if root else [_DEBIAN_ROOTS[name], Path("data")]
     for r in roots:
         found = _from(r, split) if r.exists() else None
         if found is not None:
@@ -108,6 +116,20 @@ def load_digits(name: str, root: Optional[Path] = None, train: bool = True) -> T
         f"({'; '.join(errors)}). Install Debian's {package} (apt-get install {package}), or pass a data root "
         f"with the idx files, or run once with internet access."
     )
+
+
+def stack_channels(images: Tensor, seed: int = 0) -> Tensor:
+    """The stacked dataset of ``images [N, 1, H, W]``: ``[N, 3, H, W]``, each channel an image drawn at random.
+
+    Image ``i`` of the result has channels ``images[idx[i, 0]]``, ``images[idx[i, 1]]``, ``images[idx[i, 2]]``, with
+    ``idx = torch.randint(N, (N, 3))`` drawn from a generator seeded with ``seed``: the same stacked set for the same
+    images and seed, on any machine.
+    """
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 1 or images.shape[0] == 0:
+        raise ValueError(f"stack_channels takes single-channel images [N >= 1, 1, H, W], got "
+                         f"{tuple(getattr(images, 'shape', ()))}")
+    idx = torch.randint(len(images), (len(images), 3), generator=torch.Generator().manual_seed(seed))
+    return images[idx].squeeze(2)
 
 
 def fetch_debian_fashion_mnist(folder: Path, package: Tuple[str, str] = DEBIAN_PACKAGE) -> Path:

@@ -7,7 +7,7 @@ import torch
 from lbt_plugin import LBTLoss
 from lbt_plugin.check import run_checks
 from lbt_plugin.estimators import VAE, ConvVAE, GaussianMixture, RealNVP
-from lbt_plugin.metrics import Mixture, grid, mode_stats, ring
+from lbt_plugin.metrics import DataMixture, grid, mode_stats, ring
 from lbt_plugin._impl.toy import TinyGenerator
 
 
@@ -126,7 +126,7 @@ def test_metric_input_errors():
     with pytest.raises(ValueError, match="at least one mode"):
         ring(0)
     with pytest.raises(ValueError, match="n_modes >= 1"):
-        Mixture(torch.zeros(0, 2), 0.1)
+        DataMixture(torch.zeros(0, 2), 0.1)
     with pytest.raises(ValueError, match=r"shape \[N, 2\]"):
         mode_stats(torch.zeros(10, 3), ring())
     bad = torch.zeros(10, 2)

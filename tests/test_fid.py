@@ -80,5 +80,45 @@ def test_fid_from_a_generator_checkpoint_and_a_dataset(planted, digits, tmp_path
                                            "--generator", loader])
         assert result.exit_code == 0, result.output
         assert _fid(result.output) >= 0
+        # the generator has no latent attribute: its first layer, ConvTranspose2d(8, ...), gives [8, 1, 1]
+        args = ["fid", str(ckpt), "fashion-mnist", "--data-root", str(digits), "--num-samples", "6", "--dims", "64",
+                "--batch-size", "3", "--generator", loader]
+        given = CliRunner().invoke(main, args + ["--latent-shape", "8,1,1"])
+        assert given.exit_code == 0 and _fid(given.output) == _fid(result.output), given.output
+        wrong = CliRunner().invoke(main, args + ["--latent-shape", "9,1,1"])
+        assert wrong.exit_code == 1 and "does not take z of shape (6, 9, 1, 1) (--latent-shape 9,1,1)" in wrong.output
         bad = CliRunner().invoke(main, ["fid", str(tmp_path / "nothing"), a, "--dims", "64"])
     assert bad.exit_code == 1 and "neither a folder" in bad.output
+
+
+def test_fid_draws_from_any_generator_the_users_function_returns(planted, tmp_path):
+    """The library knows no checkpoint format: the user's function reads its own; the latent shape comes from
+    --latent-shape where the generator does not tell it."""
+    home, _, (a, _) = planted
+    (tmp_path / "my_gan.py").write_text(
+        "import torch\n"
+        "class G(torch.nn.Module):  # no latent attribute, no Linear / ConvTranspose first layer\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.scale = torch.nn.Parameter(torch.ones(1))\n"
+        "    def forward(self, z):\n"
+        "        x = torch.tanh(self.scale * z)\n"
+        "        return x.view(-1, 3, 4, 4) if x.shape[1] == 48 else x\n"
+        "def load(state):\n"
+        "    g = G()\n"
+        "    g.load_state_dict(state['g'])\n"
+        "    return g\n"
+        "def not_a_module(state):\n"
+        "    return 'G'\n")
+    torch.save({"g": {"scale": torch.full((1,), 2.0)}}, tmp_path / "g.pt")
+    args = ["fid", str(tmp_path / "g.pt"), a, "--dims", "64", "--batch-size", "3", "--num-samples", "6"]
+    with mock.patch.dict(os.environ, {"TORCH_HOME": str(home)}):
+        unknown = CliRunner().invoke(main, args + ["--generator", f"{tmp_path / 'my_gan.py'}:load"])
+        assert unknown.exit_code == 1 and "cannot tell the latent shape of the G" in unknown.output
+        assert "--latent-shape" in unknown.output
+        ok = CliRunner().invoke(main, args + ["--generator", f"{tmp_path / 'my_gan.py'}:load", "--latent-shape", "48"])
+        assert ok.exit_code == 0 and _fid(ok.output) >= 0, ok.output
+        flat = CliRunner().invoke(main, args + ["--generator", f"{tmp_path / 'my_gan.py'}:load", "--latent-shape", "3"])
+        assert flat.exit_code == 1 and "not images [6, 1 or 3, H, W]" in flat.output, flat.output
+        text = CliRunner().invoke(main, args + ["--generator", f"{tmp_path / 'my_gan.py'}:not_a_module"])
+        assert text.exit_code == 1 and "returned str; it must return the generator" in text.output

@@ -6,8 +6,17 @@ import pytest
 import torch
 
 L = pytest.importorskip("lightning")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+sys.path.insert(0, str(EXAMPLES))
 from lightning_lbt import LBTGAN  # noqa: E402
+from lbt_lines import lbt_names, strip_lbt  # noqa: E402
+
+
+def test_without_its_lbt_lines_the_module_is_a_plain_gan():
+    plain = strip_lbt((EXAMPLES / "lightning_lbt.py").read_text())
+    compile(plain, "lightning_plain.py", "exec")
+    assert not lbt_names(plain.split('"""', 2)[2])  # the code after the module docstring
+    assert "self.manual_backward(g_loss)" in plain and "return [opt_g, opt_d]" in plain
 
 
 def test_lightning_module_trains_generator_discriminator_and_estimator(tmp_path):

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from lbt_plugin.cli import main
-from lbt_plugin.metrics import fid, train_digit_classifier
+from lbt_plugin.metrics import fid, load_channel_classifier, train_channel_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -103,12 +103,12 @@ def test_the_classifier_cache_refuses_them(evil):
     tmp, marker, crafted, pickled, _, _ = evil
     images, labels = torch.zeros(30, 28, 28, dtype=torch.uint8), torch.zeros(30, dtype=torch.long)
     with pytest.raises(ValueError, match="cannot read the classifier cache"):
-        train_digit_classifier(images, labels, cache=str(pickled))
-    with pytest.raises(ValueError, match="does not fit DigitClassifier"):
-        train_digit_classifier(images, labels, cache=str(crafted))
+        train_channel_classifier(images, labels, cache=str(pickled))
+    with pytest.raises(ValueError, match="does not fit ChannelClassifier"):
+        load_channel_classifier(str(crafted))
     torch.save({"model": {}, "n_classes": "10; rm -rf /", "accuracy": 0.9}, tmp / "bad.pt")
     with pytest.raises(ValueError, match=r"n_classes in \[2, 1000\]"):
-        train_digit_classifier(images, labels, cache=str(tmp / "bad.pt"))
+        load_channel_classifier(str(tmp / "bad.pt"))
     assert not marker.exists()
 
 
@@ -133,7 +133,7 @@ def test_a_checkpoint_holds_no_code_and_no_path_and_loads_anywhere(digits, tmp_p
     moved.parent.mkdir()
     moved.write_bytes(ckpt.read_bytes())
     G = dcgan_lbt.load_generator(torch.load(moved, weights_only=True))
-    assert G(torch.randn(2, *G.latent_shape)).shape == (2, 1, 8, 8)
+    assert G(torch.randn(2, 8, 1, 1)).shape == (2, 1, 8, 8)  # TINY: --nz 8, --image-size 8
     dcgan_lbt.main(["--data-root", str(digits), "--out", str(tmp_path / "a"), *TINY, "--steps", "3",
                     "--resume", str(moved)])
 

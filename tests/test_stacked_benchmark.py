@@ -2,13 +2,14 @@
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import stacked_fashion as sf  # noqa: E402
 
-from lbt_plugin.metrics import DigitClassifier, classifier_features  # noqa: E402
+from lbt_plugin.metrics import ChannelClassifier, classifier_features  # noqa: E402
 
 
 def test_networks_follow_the_reduced_discriminator_protocol():
@@ -24,8 +25,19 @@ def test_networks_follow_the_reduced_discriminator_protocol():
     assert d_convs == [cfg.ngf // 4, 2 * cfg.ngf // 4]  # the example's standard discriminator: ndf = ngf
 
 
+@pytest.mark.parametrize("method", sf.METHODS)
+def test_a_run_lives_on_its_device(method):
+    """'meta' (shapes only) stands in for a GPU: a tensor left behind on the CPU shows."""
+    run = sf.Run(method, 0, sf.Config(), data=torch.zeros(8, 3, 28, 28, device="meta"), device="meta")
+    modules = [run.G, run.D] + ([run.E] if run.lbt is not None else [])
+    assert {t.device.type for m in modules for t in [*m.parameters(), *m.buffers()]} == {"meta"}
+    assert run.samples(3).device.type == "meta"
+    if method == "dcgan":
+        run.step()  # a whole update: everything it makes is on the device too (LBT and unrolling read values)
+
+
 def test_classifier_features_are_the_penultimate_layer_per_channel():
-    clf = DigitClassifier().eval()
+    clf = ChannelClassifier().eval()
     x = torch.rand(5, 3, 28, 28) * 2 - 1
     f = classifier_features(x, clf)
     assert f.shape == (5, 3 * 128)
@@ -37,7 +49,8 @@ def test_classifier_features_are_the_penultimate_layer_per_channel():
 def test_benchmark_end_to_end_and_resume(digits, tmp_path):
     results = tmp_path / "results.md"
     results.write_text("<!-- stacked-table:start -->\nold\n<!-- stacked-table:end -->\n")
-    argv = ["--steps", "2", "--eval-every", "1", "--eval-samples", "40", "--seeds", "1", "--data-root", str(digits),
+    argv = ["--steps", "2", "--eval-every", "1", "--eval-samples", "40", "--seeds", "1", "--device", "cpu",
+            "--data-root", str(digits),
             "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "img"), "--results", str(results)]
     sf.main(argv)
     text = results.read_text()
@@ -51,28 +64,18 @@ def test_benchmark_end_to_end_and_resume(digits, tmp_path):
     assert state["step"] == 2 and [h["step"] for h in state["history"]] == [1, 2]
 
 
-def test_an_interrupted_run_continues_exactly(digits, tmp_path, monkeypatch):
+def test_an_interrupted_run_continues_exactly(digits, tmp_path, interrupt_step):
     clf_path = tmp_path / "clf.pt"
     images = torch.rand(64, 28, 28).mul(255).to(torch.uint8)
-    from lbt_plugin.metrics import train_digit_classifier
+    from lbt_plugin.metrics import train_channel_classifier
 
-    train_digit_classifier(images, torch.arange(64) % 10, epochs=1, cache=str(clf_path), progress=False)
+    train_channel_classifier(images, torch.arange(64) % 10, epochs=1, cache=str(clf_path), progress=False)
     cfg = sf.Config(steps=4, eval_every=2, eval_samples=40)
     whole = sf.train("lbt-gan-small", 0, cfg, tmp_path / "a", digits, clf_path)
-    step, calls = sf.Run.step, {"n": 0}
-
-    def dies_at_step_3(self, data):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        step(self, data)
-
-    monkeypatch.setattr(sf.Run, "step", dies_at_step_3)
-    try:
+    restore = interrupt_step(sf.Run, 3)
+    with pytest.raises(KeyboardInterrupt):
         sf.train("lbt-gan-small", 0, cfg, tmp_path / "b", digits, clf_path)
-    except KeyboardInterrupt:
-        pass
-    monkeypatch.setattr(sf.Run, "step", step)
+    restore()
     resumed = sf.train("lbt-gan-small", 0, cfg, tmp_path / "b", digits, clf_path)
     assert [h["step"] for h in resumed["history"]] == [2, 4]
     assert torch.equal(whole["grid"], resumed["grid"])

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from lbt_plugin.metrics import stacked_mode_stats, train_digit_classifier
+from lbt_plugin.metrics import load_channel_classifier, stacked_mode_stats, train_channel_classifier
 
 
 @pytest.fixture(scope="module")
@@ -20,17 +20,19 @@ def digits():
 def test_classifier_learns_and_is_cached(digits, tmp_path):
     _, images, labels = digits
     cache = tmp_path / "clf.pt"
-    model, acc = train_digit_classifier(images, labels, epochs=2, cache=str(cache), progress=False)
+    model, acc = train_channel_classifier(images, labels, epochs=2, cache=str(cache), progress=False)
     assert acc > 0.95 and cache.is_file()
-    again, acc2 = train_digit_classifier(images[:0], labels[:0], cache=str(cache))  # no data needed: from cache
-    assert acc2 == acc
+    again, acc2 = load_channel_classifier(str(cache))
+    assert acc2 == acc and not again.training
     x = images[:50]
-    assert torch.equal(model(x).argmax(1), again(x).argmax(1))
+    assert torch.equal(model(x), again(x))
+    cached, acc3 = train_channel_classifier(images[:20] * 0, labels[:20], cache=str(cache))  # the cache, not trained
+    assert acc3 == acc and torch.equal(cached(x), model(x))
 
 
 def test_a_sampler_emitting_10_modes_scores_10(digits):
     templates, images, labels = digits
-    model, _ = train_digit_classifier(images, labels, epochs=2, progress=False)
+    model, _ = train_channel_classifier(images, labels, epochs=2, progress=False)
     g = torch.Generator().manual_seed(1)
     triples = torch.randint(10, (10, 3), generator=g)
     while len({tuple(t.tolist()) for t in triples}) < 10:
@@ -45,8 +47,8 @@ def test_a_sampler_emitting_10_modes_scores_10(digits):
 
 def test_stacked_input_errors(digits):
     _, images, labels = digits
-    model, _ = train_digit_classifier(images, labels, epochs=1, progress=False)
+    model, _ = train_channel_classifier(images, labels, epochs=1, progress=False)
     with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
         stacked_mode_stats(torch.zeros(4, 1, 28, 28), model)
     with pytest.raises(ValueError, match="at least 20 labelled images"):
-        train_digit_classifier(images[:5], labels[:5])
+        train_channel_classifier(images[:5], labels[:5])

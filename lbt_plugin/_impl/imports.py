@@ -9,7 +9,11 @@ from typing import Any
 
 
 def load_object(spec: str) -> Any:
-    """The object named by ``spec``; ``ValueError`` with the reason when it cannot be found."""
+    """The object named by ``spec``; ``ValueError`` with the reason when it cannot be found.
+
+    A ``FILE.py`` is imported under a private module name, with its folder first on ``sys.path`` while it is
+    imported (as when it is run as a script), so that it can import the modules beside it.
+    """
     if ":" not in spec:
         raise ValueError(f"expected MODULE:NAME or FILE.py:NAME, got {spec!r}")
     target, _, name = spec.rpartition(":")
@@ -22,7 +26,12 @@ def load_object(spec: str) -> Any:
             module_spec = importlib.util.spec_from_file_location(name_in_process, path)
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[name_in_process] = module
-            module_spec.loader.exec_module(module)
+            folder = str(path.resolve().parent)
+            sys.path.insert(0, folder)
+            try:
+                module_spec.loader.exec_module(module)
+            finally:
+                sys.path.remove(folder)
         else:
             if str(Path.cwd()) not in sys.path:
                 sys.path.insert(0, str(Path.cwd()))

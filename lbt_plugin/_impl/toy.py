@@ -1,4 +1,4 @@
-"""Tiny built-in models: the defaults of ``lbt-plugin check`` and of the tests."""
+"""Tiny built-in models: the defaults of ``lbt-plugin check`` and ``lbt-plugin profile``, and of the tests."""
 from __future__ import annotations
 
 import math

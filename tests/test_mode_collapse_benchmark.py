@@ -7,7 +7,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 import mode_collapse_2d as mc  # noqa: E402
 
 TINY = dict(steps=6, batch=16, g_hidden=8, g_layers=2, d_units=4, d_pieces=2, d_layers=2, components=5,
@@ -37,22 +37,25 @@ def test_a_batched_seed_equals_the_seed_run_alone(method, float64):
     assert not torch.equal(batched.G[0].weight[0], batched.G[0].weight[1])  # the seeds do differ
 
 
-def test_an_interrupted_run_continues_exactly(tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", mc.METHODS)
+def test_a_run_lives_on_its_device(method):
+    """Models, estimator, data, latents and samples on the run's device: 'meta' (shapes only) stands in for a GPU
+    here, so a tensor left behind on the CPU shows."""
+    run = mc.Run(method, "grid", [0, 1], mc.Config(**TINY), device="meta")
+    modules = [run.G, run.D] + ([run.est] if run.lbt is not None else [])
+    assert {t.device.type for m in modules for t in [*m.parameters(), *m.buffers()]} == {"meta"}
+    assert [t.device.type for t in (*run.batch(), run.samples())] == ["meta"] * 3
+    if method == "gan":
+        run.step()  # a whole update: everything it makes is on the device too (LBT and unrolling read values)
+
+
+def test_an_interrupted_run_continues_exactly(tmp_path, interrupt_step):
     cfg = mc.Config(**TINY)
     whole = mc.train("lbt-gan", "ring", [0, 1], cfg, None, progress=False)
-    calls = {"n": 0}
-    step = mc.Run.step
-
-    def dies_at_step_4(self):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        step(self)
-
-    monkeypatch.setattr(mc.Run, "step", dies_at_step_4)
+    restore = interrupt_step(mc.Run, 4)
     with pytest.raises(KeyboardInterrupt):
         mc.train("lbt-gan", "ring", [0, 1], cfg, tmp_path, progress=False)
-    monkeypatch.setattr(mc.Run, "step", step)
+    restore()
     resumed = mc.train("lbt-gan", "ring", [0, 1], cfg, tmp_path, progress=False)
     assert [s for s, _ in resumed["history"]] == [2, 4, 6]
     assert torch.equal(whole["samples"], resumed["samples"])
@@ -65,9 +68,9 @@ def test_an_interrupted_run_continues_exactly(tmp_path, monkeypatch):
 def test_benchmark_script_end_to_end(tmp_path):
     results = tmp_path / "results.md"
     results.write_text("# Results\n\nbefore\n<!-- 2d-table:start -->\nold\n<!-- 2d-table:end -->\nafter\n")
-    cmd = [sys.executable, str(ROOT / "examples" / "mode_collapse_2d.py"), "--steps", "4", "--eval-every", "2",
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "mode_collapse_2d.py"), "--steps", "4", "--eval-every", "2",
            "--seeds", "2", "--out", str(tmp_path / "img"), "--results", str(results), "--runs", str(tmp_path / "runs"),
-           "--jobs", "2", "--set", "g_hidden=8", "d_units=4", "components=5", "teach_steps=2", "eval_samples=100"]
+           "--jobs", "2", "--device", "cpu", "--set", "g_hidden=8", "d_units=4", "components=5", "teach_steps=2", "eval_samples=100"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     text = results.read_text()
@@ -85,10 +88,13 @@ def test_benchmark_script_end_to_end(tmp_path):
 
 
 def test_benchmark_script_rejects_bad_arguments():
-    script = str(ROOT / "examples" / "mode_collapse_2d.py")
+    script = str(ROOT / "benchmarks" / "mode_collapse_2d.py")
     out = subprocess.run([sys.executable, script, "--seeds", "0"], capture_output=True, text=True, timeout=120,
                          cwd=ROOT)
     assert out.returncode == 2 and "must be >= 1" in out.stderr
     out = subprocess.run([sys.executable, script, "--set", "nonsense=1"], capture_output=True, text=True,
                          timeout=120, cwd=ROOT)
     assert out.returncode == 2 and "FIELD one of" in out.stderr
+    with pytest.raises(SystemExit):
+        mc.parse_args(["--device", "gpu0"])  # argparse prints: 'gpu0' is not a device: cpu, cuda, cuda:1, ...
+    assert mc.parse_args([])[0].device == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,8 +1,9 @@
 """GAN, Unrolled GAN, LBT and LBT-GAN on the 2-D ring and grid: the mode-collapse benchmark.
 
-    python examples/mode_collapse_2d.py                     # docs/results.md's table: 4 methods x 2 datasets x 5 seeds
-    python examples/mode_collapse_2d.py --quick             # a minutes-long look at the same protocol
-    python examples/mode_collapse_2d.py --runs runs/2d      # resume: finished runs are reused, others continue
+    python benchmarks/mode_collapse_2d.py                   # docs/results.md's table: 4 methods x 2 datasets x 5 seeds
+    python benchmarks/mode_collapse_2d.py --quick           # a minutes-long look at the same protocol
+    python benchmarks/mode_collapse_2d.py --runs runs/2d    # resume: finished runs are reused, others continue
+    python benchmarks/mode_collapse_2d.py --device cuda     # on a GPU (the default where one is visible)
 
 The protocol follows PacGAN's 2-D code (github fjxmlzn/PacGAN): a 2-D Gaussian latent, a
 generator of ReLU layers with batch normalisation, a maxout discriminator, Adam with
@@ -13,7 +14,7 @@ learning rate, number of updates; see ``Config`` and docs/results.md) we say so.
 All seeds of one method train as one batched model: every parameter has a leading seed
 dimension, layers are batched matrix products, and each loss is the *sum* over seeds of
 the per-seed loss, so every seed's gradients are exactly those of the seed run alone
-(``tests/test_mode_collapse_example.py`` checks it). One ``LBTLoss`` call teaches and
+(``tests/test_mode_collapse_benchmark.py`` checks it). One ``LBTLoss`` call teaches and
 unrolls the estimators of all seeds at once.
 
 Every run checkpoints to ``--runs`` at each evaluation; an interrupted benchmark continues
@@ -26,22 +27,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import multiprocessing as mp
-import os
-import re
-import tempfile
 import time
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from _common import (ResumableRun, add_device_flag, mean_se, plot_mean_se, pool, publish, pyplot, require_positive,
+                     train_resumable)
 from lbt_plugin import LBTLoss, Unroller
-from lbt_plugin.metrics import Mixture, ModeStats, grid, mode_stats, ring
+from lbt_plugin.metrics import DataMixture, ModeStats, grid, mode_stats, ring
 
 METHODS = ("gan", "unrolled-gan", "lbt", "lbt-gan")
 NAMES = {"gan": "GAN", "unrolled-gan": "Unrolled GAN", "lbt": "LBT", "lbt-gan": "LBT-GAN"}
@@ -165,23 +164,37 @@ def seed_generators(seeds: Sequence[int], stream: int) -> List[torch.Generator]:
     return [torch.Generator().manual_seed(1_000_003 * stream + s) for s in seeds]
 
 
-class Run:
-    """One method on one dataset, all ``seeds`` batched; ``step()`` is one training iteration."""
+def gan_loss(logits: Tensor, target: float) -> Tensor:
+    """The GAN loss of seed-batched logits ``[S, B, 1]``: the sum over seeds of each seed's mean binary
+    cross-entropy against ``target`` (1 for real, 0 for fake), so that each seed gets its own gradient."""
+    return nn.functional.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target),
+                                                          reduction="none").mean(dim=(1, 2)).sum()
 
-    def __init__(self, method: str, dataset: str, seeds: Sequence[int], cfg: Config):
+
+class Run(ResumableRun):
+    """One method on one dataset, all ``seeds`` batched; ``step()`` is one training iteration.
+
+    Initial weights, data and latents are drawn on the CPU from the seeds' generators and moved to ``device``, so
+    a run starts from the same numbers on every device.
+    """
+
+    def __init__(self, method: str, dataset: str, seeds: Sequence[int], cfg: Config,
+                 device: Union[str, torch.device] = "cpu"):
         self.method, self.dataset, self.seeds, self.cfg = method, dataset, list(seeds), cfg
+        self.device = torch.device(device)
         self.mixture = DATASETS[dataset]()
         init = seed_generators(seeds, 0)
         self.data_gens, self.noise_gens = seed_generators(seeds, 1), seed_generators(seeds, 2)
-        self.G, self.D = generator(cfg, init), discriminator(cfg, init)
+        self.G, self.D = generator(cfg, init).to(self.device), discriminator(cfg, init).to(self.device)
         self.g_opt = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=cfg.betas)
         self.d_opt = torch.optim.Adam(self.D.parameters(), lr=cfg.d_lr, betas=cfg.betas)
-        self.bce = nn.BCEWithLogitsLoss(reduction="none")
         self.lbt: Optional[LBTLoss] = None
         if method in ("lbt", "lbt-gan"):
             extent = float(self.mixture.centers.abs().max())
-            self.est = SeedMixture(init, cfg.components, extent / 2, cfg.est_std * extent)
-            self.e_opt = torch.optim.SGD(self.est.parameters(), lr=cfg.est_lr * float(self.est.std) ** 2)
+            est = SeedMixture(init, cfg.components, extent / 2, cfg.est_std * extent)
+            lr = cfg.est_lr * float(est.std) ** 2  # the float32 std's square, read on the CPU
+            self.est = est.to(self.device)
+            self.e_opt = torch.optim.SGD(self.est.parameters(), lr=lr)
             # The LBT term per seed is LBTLoss's default, nats per dimension (2 here); the batched
             # data [B, S, 2] has 2S dimensions, so the weight carries the factor S that sums the seeds.
             self.lbt = LBTLoss(self.est, k=cfg.k, optimizer=self.e_opt, teach_steps=cfg.teach_steps,
@@ -189,10 +202,6 @@ class Run:
         self.unroll = Unroller(self.D, self.d_opt, k=cfg.k) if method == "unrolled-gan" else None
         self.step_count = 0
         self.history: List[Tuple[int, List[ModeStats]]] = []
-
-    def _gan_loss(self, logits: Tensor, target: float) -> Tensor:
-        """The sum over seeds of each seed's mean binary cross-entropy."""
-        return self.bce(logits, torch.full_like(logits, target)).mean(dim=(1, 2)).sum()
 
     def _anneal(self) -> None:
         cfg = self.cfg
@@ -204,28 +213,33 @@ class Run:
         self.est.std.fill_(std)
         self.e_opt.param_groups[0]["lr"] = cfg.est_lr * std**2
 
+    def batch(self) -> Tuple[Tensor, Tensor]:
+        """The next real batch ``[S, B, 2]`` and latents ``[S, B, latent]``, each seed from its own generators."""
+        real = torch.stack([self.mixture.sample(self.cfg.batch, g) for g in self.data_gens])
+        z = torch.stack([torch.randn(self.cfg.batch, self.cfg.latent, generator=g) for g in self.noise_gens])
+        return real.to(self.device), z.to(self.device)
+
     def step(self) -> None:
         cfg, S = self.cfg, len(self.seeds)
         scale = 1 + (cfg.lr_final / cfg.lr - 1) * self.step_count / max(cfg.steps - 1, 1)
         for opt, lr in ((self.g_opt, cfg.lr), (self.d_opt, cfg.d_lr)):
             for group in opt.param_groups:
                 group["lr"] = lr * scale
-        real = torch.stack([self.mixture.sample(cfg.batch, g) for g in self.data_gens])  # [S, B, 2]
-        z = torch.stack([torch.randn(cfg.batch, cfg.latent, generator=g) for g in self.noise_gens])
+        real, z = self.batch()
         fake = self.G(z)
         g_params, d_params = list(self.G.parameters()), list(self.D.parameters())
         # As PacGAN: both updates computed at the same parameters, then both applied.
         if self.method != "lbt":
-            d_loss = self._gan_loss(self.D(real), 1.0) + self._gan_loss(self.D(fake.detach()), 0.0)
+            d_loss = gan_loss(self.D(real), 1.0) + gan_loss(self.D(fake.detach()), 0.0)
             d_grads = torch.autograd.grad(d_loss, d_params)
         g_loss = torch.zeros(())
         if self.method == "gan":
-            g_loss = self._gan_loss(self.D(fake), 1.0)
+            g_loss = gan_loss(self.D(fake), 1.0)
         elif self.method == "unrolled-gan":
-            D_K = self.unroll(lambda d: self._gan_loss(d(real), 1.0) + self._gan_loss(d(fake), 0.0))
-            g_loss = self._gan_loss(D_K(fake), 1.0)
+            D_K = self.unroll(lambda d: gan_loss(d(real), 1.0) + gan_loss(d(fake), 0.0))
+            g_loss = gan_loss(D_K(fake), 1.0)
         elif self.method == "lbt-gan":
-            g_loss = cfg.gan_weight * self._gan_loss(self.D(fake), 1.0)
+            g_loss = cfg.gan_weight * gan_loss(self.D(fake), 1.0)
         if self.lbt is not None:
             self._anneal()
             g_loss = g_loss + self.lbt(fake.transpose(0, 1), real.transpose(0, 1))
@@ -244,81 +258,49 @@ class Run:
         """``[S, eval_samples, 2]``, from each seed's own fixed latents (batch statistics of these samples)."""
         z = torch.stack([torch.randn(self.cfg.eval_samples, self.cfg.latent,
                                      generator=torch.Generator().manual_seed(2333 + s)) for s in self.seeds])
-        return self.G(z)
+        return self.G(z.to(self.device))
 
     def evaluate(self) -> List[ModeStats]:
         return [mode_stats(x, self.mixture) for x in self.samples()]
 
     # -- checkpoints: plain tensors and numbers only, loaded with weights_only=True
-    def state_dict(self) -> Dict:
-        state = {"step": self.step_count, "G": self.G.state_dict(), "D": self.D.state_dict(),
-                 "g_opt": self.g_opt.state_dict(), "d_opt": self.d_opt.state_dict(),
-                 "rng": [g.get_state() for g in self.data_gens + self.noise_gens],
-                 "history": [(step, [dataclasses.asdict(s) for s in stats]) for step, stats in self.history],
-                 "seeds": self.seeds, "config": dataclasses.asdict(self.cfg)}
-        if self.lbt is not None:
-            state["lbt"] = self.lbt.state_dict()
-        return state
+    def extra_state(self) -> Dict[str, Any]:
+        return {"rng": [g.get_state() for g in self.data_gens + self.noise_gens],
+                "history": [(step, [dataclasses.asdict(s) for s in stats]) for step, stats in self.history],
+                "seeds": self.seeds, "config": dataclasses.asdict(self.cfg)}
 
-    def load_state_dict(self, state: Dict) -> None:
+    def check_state(self, state: Dict[str, Any]) -> None:
         if state["seeds"] != self.seeds or state["config"] != dataclasses.asdict(self.cfg):
             raise ValueError("the checkpoint was written with other seeds or another Config; use another --runs")
-        self.G.load_state_dict(state["G"]), self.D.load_state_dict(state["D"])
-        self.g_opt.load_state_dict(state["g_opt"]), self.d_opt.load_state_dict(state["d_opt"])
+
+    def load_extra_state(self, state: Dict[str, Any]) -> None:
         for g, s in zip(self.data_gens + self.noise_gens, state["rng"]):
             g.set_state(s)
-        if self.lbt is not None:
-            self.lbt.load_state_dict(state["lbt"])
-        self.step_count = int(state["step"])
         self.history = [(step, [ModeStats(**s) for s in stats]) for step, stats in state["history"]]
 
 
-def _save(path: Path, state: Dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        torch.save(state, f)
-    os.replace(tmp, path)
-
-
 def train(method: str, dataset: str, seeds: Sequence[int], cfg: Config, runs: Optional[Path],
-          threads: int = 1, progress: bool = True) -> Dict:
-    """Train (or continue) one run; returns its history, final samples and seconds spent training."""
+          threads: int = 1, progress: bool = True, device: Union[str, torch.device] = "cpu") -> Dict:
+    """Train (or continue) one run on ``device``; returns its history, final samples (on the CPU) and seconds
+    spent training. A checkpoint written on one device continues on another."""
     torch.set_num_threads(threads)
-    run = Run(method, dataset, seeds, cfg)
+    run = Run(method, dataset, seeds, cfg, device)
     path = runs / f"{dataset}_{method}.pt" if runs else None
-    seconds = 0.0
-    if path is not None and path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        run.load_state_dict(state)
-        seconds = float(state.get("seconds", 0.0))
-    bar = tqdm(total=cfg.steps, initial=run.step_count, desc=f"{dataset} {NAMES[method]}", leave=False,
-               disable=not progress)
-    while run.step_count < cfg.steps:
-        t0 = time.perf_counter()
-        for _ in range(min(cfg.eval_every, cfg.steps - run.step_count)):
-            run.step()
-        seconds += time.perf_counter() - t0
-        stats = run.evaluate()
-        run.history.append((run.step_count, stats))
-        bar.update(run.step_count - bar.n)
-        bar.set_postfix(modes=f"{sum(s.modes for s in stats) / len(stats):.1f}",
-                        hq=f"{sum(s.high_quality for s in stats) / len(stats):.2f}")
-        if path is not None:
-            _save(path, {**run.state_dict(), "seconds": seconds})
-    bar.close()
-    return {"history": run.history, "samples": run.samples(), "seconds": seconds}
+
+    def evaluate(seconds: float) -> Tuple[int, List[ModeStats]]:
+        return run.step_count, run.evaluate()
+
+    def postfix(entry: Tuple[int, List[ModeStats]]) -> Dict[str, str]:
+        stats = entry[1]
+        return {"modes": f"{sum(s.modes for s in stats) / len(stats):.1f}",
+                "hq": f"{sum(s.high_quality for s in stats) / len(stats):.2f}"}
+
+    seconds = train_resumable(run, path, cfg.steps, cfg.eval_every, evaluate, f"{dataset} {NAMES[method]}",
+                              progress, postfix, leave=False)
+    return {"history": run.history, "samples": run.samples().cpu(), "seconds": seconds}
 
 
 # ----------------------------------------------------------------------------------------------- reporting
-def mean_se(xs: Sequence[float], digits: int = 2) -> str:
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return f"{m:.{digits}f}"
-    se = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
-    return f"{m:.{digits}f} ± {se:.{digits}f}"
-
-
 def table(results: Dict[Tuple[str, str], Dict], methods: Sequence[str], datasets: Sequence[str]) -> str:
     lines = ["| dataset | method | modes | high-quality % | KL(modes ‖ uniform) | all modes, every seed | "
              "per seed: modes / HQ % | minutes |", "|---|---|---|---|---|---|---|---|"]
@@ -336,18 +318,9 @@ def table(results: Dict[Tuple[str, str], Dict], methods: Sequence[str], datasets
     return "\n".join(lines)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_curves(results: Dict[Tuple[str, str], Dict], methods: Sequence[str], dataset: str, path: Path) -> None:
     """Modes, high-quality share and KL against generator updates: mean over seeds, band of ± one s.e."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     for method in methods:
         history = results[(dataset, method)]["history"]
@@ -355,10 +328,7 @@ def plot_curves(results: Dict[Tuple[str, str], Dict], methods: Sequence[str], da
         for ax, metric in zip(axes, ("modes", "high_quality", "kl")):
             values = torch.tensor([[float(getattr(s, metric)) for s in stats] for _, stats in history])
             values = values.clamp(max=10.0) if metric == "kl" else values  # inf (no high-quality sample) drawn at 10
-            mean = values.mean(1)
-            se = values.std(1) / math.sqrt(values.shape[1]) if values.shape[1] > 1 else torch.zeros_like(mean)
-            ax.plot(steps, mean, label=NAMES[method])
-            ax.fill_between(steps, mean - se, mean + se, alpha=0.2)
+            plot_mean_se(ax, steps, values, 1, NAMES[method])
     for ax, title in zip(axes, ("modes captured", "high-quality share", "KL(modes ‖ uniform)")):
         ax.set_title(f"{dataset}: {title}"), ax.set_xlabel("generator updates")
     axes[2].set_yscale("symlog", linthresh=0.01)
@@ -369,8 +339,9 @@ def plot_curves(results: Dict[Tuple[str, str], Dict], methods: Sequence[str], da
     plt.close(fig)
 
 
-def plot_samples(samples: Dict[str, Tensor], mixture: Mixture, dataset: str, path: Path) -> None:
-    plt = _pyplot()
+def plot_samples(samples: Dict[str, Tensor], mixture: DataMixture, dataset: str, path: Path) -> None:
+    """Scatter plots of one seed's samples per method over the mixture's centres."""
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(samples), figsize=(3.2 * len(samples), 3.3), squeeze=False)
     lim = float(mixture.centers.abs().max()) * 1.4 + 0.2
     for ax, (method, s) in zip(axes[0], samples.items()):
@@ -383,30 +354,6 @@ def plot_samples(samples: Dict[str, Tensor], mixture: Mixture, dataset: str, pat
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def write_results(md_path: Path, body: str, name: str = "2d-table") -> None:
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = md_path.read_text() if md_path.exists() else f"# Results\n\n{start}\n{end}\n"
-    if start not in text:
-        text += f"\n{start}\n{end}\n"
-    text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{body}\n{end}", text, flags=re.S)
-    md_path.write_text(text)
-
-
-class _Inline:
-    """A stand-in for a process pool that runs each task at submission (``--jobs 1``)."""
-
-    def __enter__(self) -> "_Inline":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def submit(self, fn, *args) -> Future:  # type: ignore[no-untyped-def]
-        future: Future = Future()
-        future.set_result(fn(*args))
-        return future
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, Config]:
@@ -428,11 +375,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     p.add_argument("--table", default="2d-table", help="name of the markers in --results (default: 2d-table)")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one process each (default: 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default: 1)")
+    add_device_flag(p)
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.steps, args.eval_every = 2, 2000, 500
-    if min(args.seeds, args.steps, args.jobs, args.threads, args.eval_every) < 1:
-        p.error("--seeds, --steps, --eval-every, --jobs and --threads must be >= 1")
+    require_positive(p, args, ("seeds", "steps", "eval_every", "jobs", "threads"))
     fields = {f.name: f for f in dataclasses.fields(Config)}
     for item in args.set:
         name, _, value = item.partition("=")
@@ -453,10 +400,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     seeds = list(range(args.seeds))
     tasks = [(ds, m) for m in args.methods for ds in args.datasets]
     results: Dict[Tuple[str, str], Dict] = {}
-    pool = (ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) if args.jobs > 1 else _Inline())
-    with pool:
-        futures = {pool.submit(train, m, ds, seeds, cfg, args.runs, args.threads, args.jobs == 1): (ds, m)
-                   for ds, m in tasks}
+    with pool(args.jobs) as workers:
+        futures = {workers.submit(train, m, ds, seeds, cfg, args.runs, args.threads, args.jobs == 1, args.device):
+                   (ds, m) for ds, m in tasks}
         for future in tqdm(as_completed(futures), total=len(futures), desc="runs", disable=args.jobs == 1):
             ds, m = futures[future]
             results[(ds, m)] = res = future.result()
@@ -469,7 +415,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                      args.out / f"mode_collapse_{ds}.png")
     minutes = (time.time() - t0) / 60
     body = table(results, args.methods, args.datasets)
-    cmd = f"python examples/mode_collapse_2d.py --seeds {args.seeds} --steps {args.steps}"
+    cmd = f"python benchmarks/mode_collapse_2d.py --seeds {args.seeds} --steps {args.steps}"
     if args.methods != list(METHODS):
         cmd += " --methods " + " ".join(args.methods)
     if args.datasets != list(DATASETS):
@@ -478,14 +424,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         cmd += " --set " + " ".join(args.set)
     if args.table != "2d-table":
         cmd += f" --table {args.table} --out {args.out} --runs {args.runs}"
+    where = f"{args.threads} CPU thread"
+    if torch.device(args.device).type != "cpu":
+        cmd += f" --device {args.device}"
+        where = f"on {args.device}"
     footer = (f"\n\n{args.seeds} seeds (per seed: modes / high-quality %), {cfg.steps} generator updates per run, "
               f"{cfg.eval_samples} samples per evaluation; minutes: training time of the run (all seeds batched, "
-              f"{args.threads} CPU thread). {minutes:.1f} min wall clock for this command, {args.jobs} run(s) at a "
+              f"{where}). {minutes:.1f} min wall clock for this command, {args.jobs} run(s) at a "
               f"time. Command: `{cmd}`")
-    print("\n" + body + footer)
-    if str(args.results) != "-":
-        write_results(args.results, body + footer, args.table)
-        print(f"\ntable written to {args.results}; plots in {args.out}/")
+    publish(body + footer, args.results, args.table)
+    print(f"plots in {args.out}/")
 
 
 if __name__ == "__main__":

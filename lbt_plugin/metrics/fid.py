@@ -1,0 +1,251 @@
+"""FID through pytorch-fid's own functions, with every file read as data.
+
+:func:`fid` takes two sources (folders of images, ``.npz`` statistics, dataset names, generator
+checkpoints) and returns ``pytorch_fid.fid_score.calculate_fid_given_paths``'s value; the Inception
+weights are read with ``torch.load(weights_only=True)``, never unpickled as pytorch-fid does.
+:func:`save_images` writes samples as PNG files for it.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..files import load_tensors
+
+__all__ = ["FID_WEIGHTS_FILE", "fid", "save_images"]
+
+FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+
+
+def fid(source_a: str, source_b: str, *, weights: Optional[str] = None, dims: int = 2048, batch_size: int = 50,
+        device: str = "cpu", num_workers: int = 0, num_samples: int = 10000, data_root: Optional[str] = None,
+        generator_loader: Optional[Callable[[Any], nn.Module]] = None,
+        latent_shape: Optional[Sequence[int]] = None) -> float:
+    """Fréchet Inception Distance between two sources, computed by pytorch-fid.
+
+    A source is a folder of at least two images or a ``.npz`` of statistics (``mu [d]``,
+    ``sigma [d, d]``, passed to pytorch-fid as they are), a dataset name, ``"fashion-mnist"`` or
+    ``"mnist"`` (its first ``num_samples`` training images, from :func:`lbt_plugin.data.load_idx_dataset`),
+    or a generator checkpoint: any other file, read with ``torch.load(weights_only=True)`` and
+    handed to ``generator_loader(state) -> nn.Module``, a function of the caller's choosing that
+    knows its own checkpoint format (for example ``examples/dcgan_lbt.py``'s ``load_generator``).
+    Nothing read from a file is imported or called. The generator draws ``num_samples`` images
+    ``[N, C, H, W]`` (C = 1 or 3) from ``z ~ N(0, I)`` of shape ``latent_shape`` (one sample's,
+    without the batch dimension); by default the generator's ``latent_shape`` or ``latent_dim``
+    attribute, else the input of its first layer (``nn.Linear(d, ...)``: ``[d]``;
+    ``nn.ConvTranspose2d(c, ...)``: ``[c, 1, 1]``), as ``LBTLoss`` reads it. Generated and
+    dataset images are written as PNG files to a temporary folder first, so that pytorch-fid reads
+    every source the same way. The value is ``pytorch_fid.fid_score.calculate_fid_given_paths``'s;
+    between two ``.npz`` files it is
+    ``calculate_frechet_distance`` of their statistics, and no Inception weights are needed. The
+    FID Inception weights come from ``weights``, a path to that file, or from the torch hub cache
+    (``$TORCH_HOME/hub/checkpoints/``), where they are downloaded once when missing; either way they
+    are read as data (tensors only, sizes checked), never unpickled as pytorch-fid itself does.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from pytorch_fid.fid_score import calculate_fid_given_paths, calculate_frechet_distance
+
+    if weights is not None and not Path(weights).is_file():
+        raise FileNotFoundError(f"no FID Inception weights at {weights}")
+    if all(Path(s).suffix == ".npz" for s in (source_a, source_b)):
+        (mu1, s1), (mu2, s2) = (_npz_stats(s) for s in (source_a, source_b))
+        if mu1.shape != mu2.shape:
+            raise ValueError(f"the two .npz files hold statistics of different dimensions ({mu1.shape[0]} and "
+                             f"{mu2.shape[0]})")
+        return float(calculate_frechet_distance(mu1, s1, mu2, s2))
+    weights_path = Path(weights) if weights is not None else Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_FILE
+    with tempfile.TemporaryDirectory() as tmp, _fid_weights_as_data(weights_path, download=weights is None):
+        paths = [_fid_source(s, Path(tmp) / f"source{i}", num_samples, data_root, device, generator_loader, dims,
+                             latent_shape) for i, s in enumerate((source_a, source_b))]
+        return float(calculate_fid_given_paths(paths, batch_size, device, dims, num_workers))
+
+
+#: The FID Inception weights file is about 91 MiB; anything much larger is not it (and is not read).
+_FID_WEIGHTS_MAX_BYTES = 256 * 2**20
+
+
+@contextlib.contextmanager
+def _fid_weights_as_data(path: "Path", download: bool) -> Iterator[None]:
+    """While active, pytorch-fid's Inception network gets its weights from ``path``, read as data.
+
+    pytorch-fid loads them with ``torch.hub.load_state_dict_from_url``, which unpickles the file in full: a
+    planted file runs code. Here the file is read with ``torch.load(weights_only=True)`` (tensors and plain
+    containers only; anything else is refused), its size is bounded before reading, and the state dict is
+    loaded by pytorch-fid's own ``load_state_dict`` (strict: every key and shape of the network). A file whose
+    SHA256 does not start with the hash in its reference name (``6726825d``) is used with a warning: its FIDs
+    are not comparable to published ones. Missing in the hub cache (``download``), the file is downloaded
+    once as pytorch-fid does, then read the same way.
+    """
+    import hashlib
+    import warnings
+    from pathlib import Path
+
+    import pytorch_fid.inception as inception
+
+    path = Path(path)
+
+    def load(url: str, *args: Any, **kwargs: Any) -> Dict[str, Tensor]:
+        if not path.exists() and download:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                torch.hub.download_url_to_file(url, str(path), progress=True)
+            except OSError as exc:  # urllib's URLError is an OSError: offline
+                raise RuntimeError(
+                    f"the FID Inception weights ({FID_WEIGHTS_FILE}) are not in the torch hub cache ({path.parent}) "
+                    f"and could not be downloaded ({type(exc).__name__}: {exc}): run once online (pytorch-fid "
+                    "downloads them), or pass --weights PATH."
+                ) from None
+        if not path.is_file():
+            raise FileNotFoundError(f"no FID Inception weights at {path} (a regular file is needed)")
+        size = path.stat().st_size
+        if size > _FID_WEIGHTS_MAX_BYTES:
+            raise ValueError(f"{path} has {size} bytes; the FID Inception weights have about 91 MiB: not read")
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"{path} is not a file of FID Inception weights: it cannot be read as tensors only "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); nothing in "
+                             "it was run") from None
+        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+            raise ValueError(f"{path} is not a state dict of tensors (FID Inception weights)")
+        reference = FID_WEIGHTS_FILE.rsplit("-", 1)[1].split(".")[0]
+        if not digest.startswith(reference):
+            warnings.warn(f"{path} is not the reference FID Inception weights file (its SHA256 starts with "
+                          f"{digest[:8]}, not {reference}): these FIDs are not comparable to published ones",
+                          stacklevel=2)
+        return state
+
+    original = inception.load_state_dict_from_url
+    inception.load_state_dict_from_url = load
+    try:
+        yield
+    except RuntimeError as exc:
+        if "Error(s) in loading state_dict" in str(exc):
+            raise ValueError(f"{path} does not fit the FID Inception network: {str(exc).splitlines()[0]} "
+                             f"...") from None
+        raise
+    finally:
+        inception.load_state_dict_from_url = original
+
+
+def _npz_stats(source: str) -> Tuple[Any, Any]:
+    """``mu [d]`` and ``sigma [d, d]`` of a ``.npz`` file, validated (no pickled objects are loaded)."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(source, allow_pickle=False) as f:
+            missing = {"mu", "sigma"} - set(f.files)
+            if missing:
+                raise ValueError(f"it lacks {sorted(missing)}")
+            mu, sigma = f["mu"][:], f["sigma"][:]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such .npz file: {source}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"cannot read {source} as FID statistics (an .npz with mu [d] and sigma [d, d]): "
+                         f"{exc}") from None
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]) or mu.dtype.kind != "f" or sigma.dtype.kind != "f":
+        raise ValueError(f"{source}: mu must be a float vector [d] and sigma a float matrix [d, d]; got shapes "
+                         f"{mu.shape} and {sigma.shape}")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ValueError(f"{source}: the statistics contain NaN or inf")
+    return mu, sigma
+
+
+def _fid_source(source: str, folder, num_samples: int, data_root: Optional[str], device: str,
+                generator_loader: Optional[Callable[[Any], nn.Module]], dims: int,
+                latent_shape: Optional[Sequence[int]]) -> str:
+    """A path pytorch-fid can read for ``source`` (see :func:`fid`)."""
+    from pathlib import Path
+
+    from pytorch_fid.fid_score import IMAGE_EXTENSIONS
+
+    from ..data import DATASETS, load_idx_dataset
+
+    path = Path(source)
+    if source in DATASETS:
+        images, _ = load_idx_dataset(source, Path(data_root) if data_root else None)
+        save_images(images[:num_samples].float().div(255).unsqueeze(1), str(folder), value_range=(0.0, 1.0))
+        return str(folder)
+    if path.suffix == ".npz":
+        mu, _ = _npz_stats(source)
+        if mu.shape[0] != dims:
+            raise ValueError(f"{source} holds statistics of {mu.shape[0]} features; pass --dims {mu.shape[0]} (or "
+                             f"statistics of {dims} features)")
+        return str(path)
+    if path.is_dir():
+        n = sum(1 for f in path.iterdir() if f.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
+        if n < 2:
+            raise ValueError(f"{source} holds {n} image(s); FID needs at least 2 per source (thousands for a "
+                             "meaningful value)")
+        return str(path)
+    if path.is_file():
+        if generator_loader is None:
+            raise ValueError(f"{source} is a file, not a folder, a .npz or a dataset name: to draw images from a "
+                             "generator checkpoint, name the function that rebuilds its generator from it, "
+                             "--generator FILE.py:FUNCTION or MODULE:FUNCTION (nothing read from a checkpoint is "
+                             "imported or called)")
+        state = load_tensors(path, "checkpoint")
+        G = generator_loader(state)
+        if not isinstance(G, nn.Module):
+            raise ValueError(f"the generator loader returned {type(G).__name__}; it must return the generator, an "
+                             "nn.Module")
+        save_images(_draw_images(G, num_samples, device, latent_shape), str(folder))
+        return str(folder)
+    raise FileNotFoundError(f"{source} is neither a folder, a .npz file, a checkpoint nor a dataset name "
+                            f"({', '.join(DATASETS)})")
+
+
+def _draw_images(G: nn.Module, n: int, device: str, latent_shape: Optional[Sequence[int]]) -> Tensor:
+    """``n`` images ``[n, C, H, W]`` (on the CPU) from ``G`` in eval mode, ``z ~ N(0, I)`` drawn on ``device`` with
+    seed 0, 500 at a time; the latent shape given, else read off ``G`` (see :func:`fid`) and checked by its output."""
+    from .._impl.latent import as_shape
+    from .._impl.latent import latent_shape as latent_shape_of
+
+    if latent_shape is not None:
+        shape, where = as_shape(latent_shape), f"--latent-shape {','.join(map(str, latent_shape))}"
+    else:
+        shape, where, _ = latent_shape_of(G)
+        if shape is None:
+            raise ValueError(f"cannot tell the latent shape of the {type(G).__name__} the loader returned: pass "
+                             "--latent-shape (one sample's, e.g. 100,1,1), or give it a latent_dim / latent_shape "
+                             "attribute")
+    G.to(device).eval()
+    gen = torch.Generator(device=device).manual_seed(0)
+    images = []
+    with torch.no_grad():
+        for i in range(0, n, 500):
+            z = torch.randn(min(500, n - i), *shape, generator=gen, device=device)
+            try:
+                x = G(z)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except RuntimeError as exc:
+                raise ValueError(f"the generator does not take z of shape {tuple(z.shape)} ({where}): "
+                                 f"{str(exc).splitlines()[0]}; pass its --latent-shape") from None
+            if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[0] != len(z) or x.shape[1] not in (1, 3):
+                raise ValueError(f"from z of shape {tuple(z.shape)} ({where}) the generator returned "
+                                 f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}, not images "
+                                 f"[{len(z)}, 1 or 3, H, W]; pass its --latent-shape if that is the cause")
+            images.append(x.cpu())
+    return torch.cat(images)
+
+
+def save_images(images: Tensor, folder: str, value_range: Tuple[float, float] = (-1.0, 1.0)) -> None:
+    """Write a batch ``[N, C, H, W]`` as PNG files (``0000000.png``, ...), e.g. to compute FID of samples."""
+    from pathlib import Path
+
+    import torchvision.utils as vutils
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        vutils.save_image(img, out / f"{i:07d}.png", normalize=True, value_range=value_range)
