@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import re
 import statistics
 import sys
 import time
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import torch
+
+from _common import publish
 
 PANEL = Path(__file__).resolve().parent / "panel"
 
@@ -100,20 +101,11 @@ def main() -> None:
             cells = [_cell([r[s] for r in runs]) for s in sorted(runs[0])]
             lines.append(f"| {label} | {lbt} | " + " | ".join(cells) + " |")
             print(lines[-1], f"({time.perf_counter() - start:.0f} s)", flush=True)
-    body = "\n".join(header + lines) + (
+    publish("\n".join(header + lines) + (
         f"\n\n|grad_G LBT|_1 / |grad_G GAN|_1 on the generator's parameters at the first, middle and last of "
         f"each loop's generator steps: median (smallest to largest) over {args.seeds} seeds. `fixed`: the "
         "paper's form, `weight=1` in nats per dimension; `balanced`: `gan_loss=` in the call, `weight=1`. Command: "
-        "`python benchmarks/gradient_share.py`")
-    print("\n" + body)
-    if str(args.out) != "-":
-        start, end = "<!-- gradient-share:start -->", "<!-- gradient-share:end -->"
-        text = args.out.read_text()
-        if start not in text:
-            text += f"\n{start}\n{end}\n"
-        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{body}\n{end}", text,
-                      flags=re.S)
-        args.out.write_text(text)
+        "`python benchmarks/gradient_share.py`"), args.out, "gradient-share")
 
 
 if __name__ == "__main__":

@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
-import re
-import statistics
 import time
 from pathlib import Path
 from typing import Dict, List, Tuple
+
+from _common import mean_se, publish
 
 PANEL = Path(__file__).resolve().parent / "panel"
 #: (label, lbt form, estimator)
@@ -43,12 +42,6 @@ def _key(d: Dict) -> Tuple:
     return d["dataset"], d["seed"], d["steps"], d["lbt"], d["estimator"] if d["lbt"] != "none" else "-", d["weight"]
 
 
-def _mean_se(values: List[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.3g}"
-    return f"{statistics.mean(values):.3g} ± {statistics.stdev(values) / math.sqrt(len(values)):.2g}"
-
-
 def table(results: List[Dict], datasets: List[str], seeds: int, steps: int, weight: float) -> str:
     lines = ["| data | method | modes (mean ± s.e.) | high quality % | KL | every seed: modes / HQ % |",
              "|---|---|---|---|---|---|"]
@@ -60,8 +53,8 @@ def table(results: List[Dict], datasets: List[str], seeds: int, steps: int, weig
             if not runs:
                 continue
             per = ", ".join(f"{r['modes']}/{100 * r['high_quality']:.0f}" for r in runs)
-            lines.append(f"| {ds} ({runs[0]['n_modes']} modes) | {label} | {_mean_se([r['modes'] for r in runs])} | "
-                         f"{_mean_se([100 * r['high_quality'] for r in runs])} | {_mean_se([r['kl'] for r in runs])} | "
+            lines.append(f"| {ds} ({runs[0]['n_modes']} modes) | {label} | {mean_se([r['modes'] for r in runs], 1)} | "
+                         f"{mean_se([100 * r['high_quality'] for r in runs], 1)} | {mean_se([r['kl'] for r in runs])} | "
                          f"{per} |")
     return "\n".join(lines) + (
         f"\n\nThe panel's 2-D loop (`benchmarks/panel/mlp_2d.py`: MLP G and D of 128, BCE, Adam 1e-3 with "
@@ -97,16 +90,7 @@ def main() -> None:
                     f.write(json.dumps(record) + "\n")
                 results.append(record)
                 print(json.dumps(record), flush=True)
-    body = table(results, args.datasets, args.seeds, args.steps, args.weight)
-    print("\n" + body)
-    if str(args.out) != "-":
-        start, end = "<!-- panel-modes:start -->", "<!-- panel-modes:end -->"
-        text = args.out.read_text()
-        if start not in text:
-            text += f"\n{start}\n{end}\n"
-        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{body}\n{end}", text,
-                      flags=re.S)
-        args.out.write_text(text)
+    publish(table(results, args.datasets, args.seeds, args.steps, args.weight), args.out, "panel-modes")
 
 
 if __name__ == "__main__":

@@ -1,22 +1,14 @@
 """The panel of user loops (benchmarks/panel/), seconds-long: every loop runs with the README's lines, and with the
 balance the LBT term's share of G's gradient is within a decade of ``weight`` = 1 in each, where the fixed form
 is not in several (benchmarks/gradient_share.py measures it over training)."""
-import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _gradient_share():
-    spec = importlib.util.spec_from_file_location("_gradient_share", ROOT / "benchmarks" / "gradient_share.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-share = _gradient_share()
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import gradient_share as share  # noqa: E402
 
 
 #: The 64x64 DCGAN with its ConvVAE(1, 64) takes a minute on 2 cores: with the long runs (-m slow).

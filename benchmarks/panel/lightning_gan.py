@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lbt_plugin import LBTLoss  # LBT
-from lbt_plugin.data import load_digits
+from lbt_plugin.data import load_idx_dataset
 from lbt_plugin.estimators import ConvVAE  # LBT
 
 
@@ -110,7 +110,7 @@ class GAN(L.LightningModule):
 def train(lbt: str = "balanced", steps: int = 100, seed: int = 0, record: Optional[Callable] = None,
           root: Optional[str] = None) -> None:
     L.seed_everything(seed, verbose=False)
-    data = load_digits("fashion-mnist", root)[0][:10000].float().div(255).unsqueeze(1) * 2 - 1
+    data = load_idx_dataset("fashion-mnist", root)[0][:10000].float().div(255).unsqueeze(1) * 2 - 1
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data), batch_size=64, shuffle=True,
                                          drop_last=True)
     trainer = L.Trainer(max_steps=2 * steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lbt_plugin import LBTLoss  # LBT
-from lbt_plugin.data import load_digits
+from lbt_plugin.data import load_idx_dataset
 from lbt_plugin.estimators import ConvVAE  # LBT
 
 nz, ngf, ndf, nc, image_size, batch_size = 100, 64, 64, 1, 64, 64
@@ -61,7 +61,7 @@ class Discriminator(nn.Module):
 def train(lbt: str = "balanced", steps: int = 100, seed: int = 0, record: Optional[Callable] = None,
           root: Optional[str] = None) -> None:
     torch.manual_seed(seed)
-    images = load_digits("fashion-mnist", root)[0][:10000]
+    images = load_idx_dataset("fashion-mnist", root)[0][:10000]
     dataset = F.interpolate(images.float().div(255).unsqueeze(1), size=image_size, mode="bilinear") * 2 - 1
     netG, netD = Generator(), Discriminator()
     netG.apply(weights_init)

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lbt_plugin import LBTLoss  # LBT
-from lbt_plugin.data import load_digits
+from lbt_plugin.data import load_idx_dataset
 from lbt_plugin.estimators import ConvVAE  # LBT
 
 latent_dim, img_size, channels, batch_size, lr, b1, b2 = 100, 32, 1, 64, 0.0002, 0.5, 0.999
@@ -68,7 +68,7 @@ class Discriminator(nn.Module):
 def train(lbt: str = "balanced", steps: int = 100, seed: int = 0, record: Optional[Callable] = None,
           root: Optional[str] = None) -> None:
     torch.manual_seed(seed)
-    images = load_digits("fashion-mnist", root)[0][:10000]
+    images = load_idx_dataset("fashion-mnist", root)[0][:10000]
     data = F.interpolate(images.float().div(255).unsqueeze(1), size=img_size, mode="bilinear") * 2 - 1
     adversarial_loss = torch.nn.BCELoss()
     generator, discriminator = Generator(), Discriminator()

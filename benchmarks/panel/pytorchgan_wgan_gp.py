@@ -14,7 +14,7 @@ import torch.autograd as autograd
 import torch.nn as nn
 
 from lbt_plugin import LBTLoss  # LBT
-from lbt_plugin.data import load_digits
+from lbt_plugin.data import load_idx_dataset
 from lbt_plugin.estimators import ConvVAE  # LBT
 
 latent_dim, img_shape, batch_size, lr, b1, b2, n_critic, lambda_gp = 100, (1, 28, 28), 64, 0.0002, 0.5, 0.999, 5, 10
@@ -63,7 +63,7 @@ def compute_gradient_penalty(D, real_samples, fake_samples):
 def train(lbt: str = "balanced", steps: int = 100, seed: int = 0, record: Optional[Callable] = None,
           root: Optional[str] = None) -> None:
     torch.manual_seed(seed)
-    data = load_digits("fashion-mnist", root)[0][:10000].float().div(255).unsqueeze(1) * 2 - 1
+    data = load_idx_dataset("fashion-mnist", root)[0][:10000].float().div(255).unsqueeze(1) * 2 - 1
     generator, discriminator = Generator(), Discriminator()
     optimizer_G = torch.optim.Adam(generator.parameters(), lr=lr, betas=(b1, b2))
     optimizer_D = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=(b1, b2))
