@@ -56,7 +56,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--checkpoint-every', type=int, default=100)
     parser.add_argument('--resume', type=Path, default=None, help='checkpoint to continue from (exactly)')
     parser.add_argument('--tensorboard', action='store_true', help='log losses to OUT/tb (needs tensorboard)')
-    parser.add_argument('--lbt-weight', type=float, default=1.0, help='weight of the LBT term; 0: DCGAN')  # LBT
+    parser.add_argument('--lbt-weight', type=float, default=1.0,  # LBT
+                        help='size of the LBT gradient relative to the GAN loss\'s (--lbt-only: the loss\'s '  # LBT
+                             'factor); 0: DCGAN')  # LBT
     parser.add_argument('--lbt-only', action='store_true', help='pure LBT: no discriminator')  # LBT
     parser.add_argument('--k', type=int, default=5, help='unrolled estimator steps')  # LBT
     parser.add_argument('--teach-steps', type=int, default=1, help='estimator steps per generator step')  # LBT
@@ -218,7 +220,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
             errG = criterion(output, label)
             D_G_z2 = output.sigmoid().mean().item()
         if use_lbt and step >= opt.warmup:  # LBT
-            errLBT = lbt(fake, real)  # LBT: teach E on G's samples, unroll K steps, score the real batch
+            errLBT = lbt(fake, real, gan_loss=None if opt.lbt_only else errG)  # LBT: teach, unroll, score real
         (errG + errLBT).backward()  # LBT, plain: errG.backward()
         optimizerG.step()
 

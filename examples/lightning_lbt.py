@@ -67,7 +67,7 @@ class LBTGAN(L.LightningModule):
         # generator
         # (no toggle_optimizer: it would freeze the estimator, which LBT trains inside the call)  # LBT
         g_loss = F.binary_cross_entropy_with_logits(self.discriminator(fake), ones)
-        lbt_loss = self.lbt(fake, real)  # LBT
+        lbt_loss = self.lbt(fake, real, gan_loss=g_loss)  # LBT: its gradient as large as the GAN loss's
         opt_g.zero_grad()
         self.manual_backward(g_loss + lbt_loss)  # LBT, plain: self.manual_backward(g_loss)
         opt_g.step()
