@@ -40,10 +40,15 @@ from tqdm import tqdm
 from _common import (ResumableRun, add_device_flag, mean_se, plot_mean_se, pool, publish, pyplot, require_positive,
                      train_resumable)
 from lbt_plugin import LBTLoss, Unroller
+from lbt_plugin.estimators import RealNVP
 from lbt_plugin.metrics import DataMixture, ModeStats, grid, mode_stats, ring
 
-METHODS = ("gan", "unrolled-gan", "lbt", "lbt-gan")
-NAMES = {"gan": "GAN", "unrolled-gan": "Unrolled GAN", "lbt": "LBT", "lbt-gan": "LBT-GAN"}
+METHODS = ("gan", "unrolled-gan", "lbt", "lbt-gan", "lbt-gan-defaults")
+NAMES = {"gan": "GAN", "unrolled-gan": "Unrolled GAN", "lbt": "LBT", "lbt-gan": "LBT-GAN (recipe)",
+         "lbt-gan-defaults": "LBT-GAN (defaults)"}
+#: "lbt-gan-defaults": the README's lines with the package's defaults and its documented point estimator,
+#: ``LBTLoss(RealNVP(2), k=5)(fake, real, gan_loss=g_loss)`` (balanced, weight 1, Adam 3e-4, one teaching step).
+POINT_ESTIMATORS = {"flow": lambda: RealNVP(2)}
 DATASETS = {"ring": ring, "grid": grid}
 
 
@@ -171,6 +176,27 @@ def gan_loss(logits: Tensor, target: float) -> Tensor:
                                                           reduction="none").mean(dim=(1, 2)).sum()
 
 
+class _PerSeed:
+    """One ``LBTLoss(RealNVP(2), k=5)`` per seed (the package's defaults): each seed's estimator and balance see
+    only its own samples and GAN gradient, so every seed is the run it would be alone. The estimators are
+    initialised from seed-specific generators (stream 3)."""
+
+    def __init__(self, seeds: Sequence[int], device: torch.device):
+        self.losses = []
+        for s in seeds:
+            with torch.random.fork_rng():
+                torch.manual_seed(1_000_003 * 3 + s)
+                estimator = POINT_ESTIMATORS["flow"]()
+            self.losses.append(LBTLoss(estimator.to(device), k=5))
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"per_seed": [lbt.state_dict() for lbt in self.losses]}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        for lbt, s in zip(self.losses, state["per_seed"]):
+            lbt.load_state_dict(s)
+
+
 class Run(ResumableRun):
     """One method on one dataset, all ``seeds`` batched; ``step()`` is one training iteration.
 
@@ -199,11 +225,13 @@ class Run(ResumableRun):
             # data [B, S, 2] has 2S dimensions, so the weight carries the factor S that sums the seeds.
             self.lbt = LBTLoss(self.est, k=cfg.k, optimizer=self.e_opt, teach_steps=cfg.teach_steps,
                                weight=cfg.lbt_weight * len(self.seeds))
+        if method == "lbt-gan-defaults":
+            self.lbt = _PerSeed(seeds, self.device)
         self.unroll = Unroller(self.D, self.d_opt, k=cfg.k) if method == "unrolled-gan" else None
         self.step_count = 0
         self.history: List[Tuple[int, List[ModeStats]]] = []
 
-    def _anneal(self) -> None:
+    def _anneal(self) -> None:  # the recipe's mixture only
         cfg = self.cfg
         if cfg.est_std_final == cfg.est_std:
             return
@@ -240,7 +268,12 @@ class Run(ResumableRun):
             g_loss = gan_loss(D_K(fake), 1.0)
         elif self.method == "lbt-gan":
             g_loss = cfg.gan_weight * gan_loss(self.D(fake), 1.0)
-        if self.lbt is not None:
+        elif self.method == "lbt-gan-defaults":
+            # each seed's samples as their own tensor, so that the GAN loss's gradient at them is that seed's
+            parts = fake.unbind(0)
+            g_loss = gan_loss(self.D(torch.stack(parts)), 1.0)
+            g_loss = g_loss + sum(lbt(x, r, gan_loss=g_loss) for lbt, x, r in zip(self.lbt.losses, parts, real))
+        if self.lbt is not None and self.method != "lbt-gan-defaults":
             self._anneal()
             g_loss = g_loss + self.lbt(fake.transpose(0, 1), real.transpose(0, 1))
         g_grads = torch.autograd.grad(g_loss, g_params)

@@ -32,7 +32,10 @@ def test_a_batched_seed_equals_the_seed_run_alone(method, float64):
         alone.step()
     for (name, a), b in zip(batched.G.named_parameters(), alone.G.parameters()):
         torch.testing.assert_close(a[1:2], b, rtol=1e-9, atol=1e-12, msg=name)
-    if batched.lbt is not None:
+    if method == "lbt-gan-defaults":  # one estimator per seed
+        for a, b in zip(batched.lbt.losses[1].estimator.parameters(), alone.lbt.losses[0].estimator.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    elif batched.lbt is not None:
         torch.testing.assert_close(batched.est.loc[1:2], alone.est.loc, rtol=1e-9, atol=1e-12)
     assert not torch.equal(batched.G[0].weight[0], batched.G[0].weight[1])  # the seeds do differ
 
@@ -42,7 +45,9 @@ def test_a_run_lives_on_its_device(method):
     """Models, estimator, data, latents and samples on the run's device: 'meta' (shapes only) stands in for a GPU
     here, so a tensor left behind on the CPU shows."""
     run = mc.Run(method, "grid", [0, 1], mc.Config(**TINY), device="meta")
-    modules = [run.G, run.D] + ([run.est] if run.lbt is not None else [])
+    estimators = ([lbt.estimator for lbt in run.lbt.losses] if method == "lbt-gan-defaults" else
+                  [run.est] if run.lbt is not None else [])
+    modules = [run.G, run.D] + estimators
     assert {t.device.type for m in modules for t in [*m.parameters(), *m.buffers()]} == {"meta"}
     assert [t.device.type for t in (*run.batch(), run.samples())] == ["meta"] * 3
     if method == "gan":
@@ -76,12 +81,12 @@ def test_benchmark_script_end_to_end(tmp_path):
     text = results.read_text()
     assert "before" in text and "after" in text and "old" not in text
     rows = [line for line in text.splitlines() if line.startswith("| ring") or line.startswith("| grid")]
-    assert len(rows) == 8  # 4 methods x 2 datasets
+    assert len(rows) == 2 * len(mc.METHODS)  # every method on 2 datasets
     assert all(" ± " in row for row in rows)  # mean and spread over 2 seeds
     assert "--set g_hidden=8 d_units=4" in text
     for name in ("mode_collapse_ring.png", "mode_collapse_grid.png", "mode_collapse_grid_curves.png"):
         assert (tmp_path / "img" / name).stat().st_size > 1000
-    assert len(list((tmp_path / "runs").glob("*.pt"))) == 8
+    assert len(list((tmp_path / "runs").glob("*.pt"))) == 2 * len(mc.METHODS)
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)  # finished runs are reused
     assert again.returncode == 0, again.stderr
     assert results.read_text().split("minutes: training")[0] == text.split("minutes: training")[0]
