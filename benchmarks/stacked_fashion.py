@@ -24,9 +24,14 @@ Methods (the same networks, optimizers, data order and number of generator updat
 - ``dcgan``: the non-saturating GAN loss;
 - ``unrolled``: the generator loss through 5 unrolled discriminator steps (``lbt_plugin.Unroller``);
 - ``lbt-gan``: GAN loss + ``LBTLoss(estimator, k=5)`` with the package's defaults and the example's
-  estimator (``ConvVAE(3, 28)``, its default Adam, ``teach_steps=1``, ``weight=1``: nats per dimension);
+  estimator (``ConvVAE(3, 28)``, its default Adam, ``teach_steps=1``, ``weight=1``: nats per dimension), the
+  fixed-weight form (the loss added, no ``gan_loss``);
 - ``lbt-gan-small``: the same with a small estimator (``SMALL``: 8 base channels, latent 16, three
-  teaching steps), cheaper (not in docs/results.md's table).
+  teaching steps), cheaper (not in docs/results.md's table);
+- ``lbt-gan-balanced``: ``lbt-gan`` with the balance (``lbt(fake, real, gan_loss=g_loss)``), the README's lines;
+- the cost knobs, all balanced (``SETTINGS``): ``lbt-gan-fast`` (the small estimator, ``k=2``),
+  ``lbt-gan-fast-k5`` (the small estimator, ``k=5``), ``lbt-gan-fast-every4`` (the small estimator, ``k=5``, the
+  LBT term on every 4th generator step only, the estimator neither taught nor unrolled in between).
 
 Metrics, from 26,000 samples (the Stacked MNIST protocol) at every evaluation: modes with at least
 one sample and KL(mode histogram || uniform), channel by channel by the package's classifier
@@ -57,9 +62,15 @@ from lbt_plugin.estimators import ConvVAE
 from lbt_plugin.metrics import (classifier_features, load_channel_classifier, stacked_mode_stats,
                                 train_channel_classifier)
 
-METHODS = ("dcgan", "unrolled", "lbt-gan", "lbt-gan-small")
-NAMES = {"dcgan": "DCGAN", "unrolled": "Unrolled GAN", "lbt-gan": "LBT-GAN",
-         "lbt-gan-small": "LBT-GAN (small estimator)"}
+METHODS = ("dcgan", "unrolled", "lbt-gan", "lbt-gan-small", "lbt-gan-balanced", "lbt-gan-fast", "lbt-gan-fast-k5",
+           "lbt-gan-fast-every4")
+NAMES = {"dcgan": "DCGAN", "unrolled": "Unrolled GAN", "lbt-gan": "LBT-GAN (fixed form)",
+         "lbt-gan-small": "LBT-GAN (small estimator, fixed form)", "lbt-gan-balanced": "LBT-GAN (balanced)",
+         "lbt-gan-fast": "LBT-GAN (small estimator, K=2, balanced)",
+         "lbt-gan-fast-k5": "LBT-GAN (small estimator, K=5, balanced)",
+         "lbt-gan-fast-every4": "LBT-GAN (small estimator, K=5, every 4th step, balanced)"}
+#: What the benchmark runs without --methods (docs/results.md's table).
+DEFAULT_METHODS = ("dcgan", "unrolled", "lbt-gan")
 #: PacGAN's discriminator widths, against its generator's 8, 16, 32.
 D_WIDTHS = {"quarter": (2, 4, 8), "half": (4, 8, 16), "full": (8, 16, 32)}
 #: The DCGAN discriminator's width as a fraction of the generator's.
@@ -87,8 +98,18 @@ PACGAN = dict(arch="pacgan", batch=128, nz=256, g_lr=1e-4, d_lr=2e-4, betas=(0.5
 #: "lbt-gan-small": a small estimator (latent 16, 8 base channels), three teaching steps, Adam 1e-3.
 SMALL: Dict = dict(estimator=dict(latent_dim=16, base=8), k=5, teach_steps=3, weight=1.0, optimizer="adam",
                    est_lr=1e-3, warmup=0)
-#: "lbt-gan": the package's defaults, the estimator the example uses.
+#: "lbt-gan": the package's defaults, the estimator the example uses, the fixed-weight form (GAN + LBT).
 DEFAULT: Dict = dict(estimator=dict(), k=5, teach_steps=1, weight=1.0, optimizer="default", est_lr=3e-4, warmup=0)
+#: The balanced forms (``gan_loss=`` in the call) and the cost knobs: estimator size, K, the LBT term on every
+#: n-th generator step only (``every``; the estimator is neither taught nor unrolled in between).
+BALANCED: Dict = dict(DEFAULT, balanced=True)
+SMALL_ESTIMATOR = dict(latent_dim=16, base=8)
+SETTINGS: Dict[str, Dict] = {
+    "lbt-gan": DEFAULT, "lbt-gan-small": SMALL, "lbt-gan-balanced": BALANCED,
+    "lbt-gan-fast": dict(BALANCED, estimator=SMALL_ESTIMATOR, k=2),
+    "lbt-gan-fast-k5": dict(BALANCED, estimator=SMALL_ESTIMATOR),
+    "lbt-gan-fast-every4": dict(BALANCED, estimator=SMALL_ESTIMATOR, every=4),
+}
 
 
 # ----------------------------------------------------------------------------- networks (PacGAN's shapes)
@@ -151,7 +172,7 @@ class Run(ResumableRun):
         self.bce = nn.BCEWithLogitsLoss()
         self.unroll = Unroller(self.D, self.d_opt, k=cfg.unroll_k) if method == "unrolled" else None
         self.lbt: Optional[LBTLoss] = None
-        self.settings = lbt or (SMALL if method == "lbt-gan-small" else DEFAULT)
+        self.settings = lbt or SETTINGS.get(method, DEFAULT)
         if method.startswith("lbt"):
             s = self.settings
             self.E = ConvVAE(3, 28, **s["estimator"]).to(self.device)
@@ -179,8 +200,10 @@ class Run(ResumableRun):
             loss = self.bce(D_K(fake), ones)
         else:
             loss = self.bce(self.D(fake), ones)
-        if self.lbt is not None and self.step_count >= self.settings["warmup"]:
-            loss = loss + self.lbt(fake, real)
+        s = self.settings
+        if self.lbt is not None and self.step_count >= s["warmup"] and \
+                (self.step_count - s["warmup"]) % s.get("every", 1) == 0:
+            loss = loss + self.lbt(fake, real, gan_loss=loss if s.get("balanced") else None)
         loss.backward()
         self.g_opt.step()
         self.step_count += 1
@@ -318,7 +341,7 @@ def plots(results: Dict[str, List[Dict]], methods: Sequence[str], out: Path) -> 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     cfg = Config()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=cfg.steps, help="generator updates per run")
     p.add_argument("--eval-every", type=int, default=cfg.eval_every)
@@ -352,7 +375,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     _, accuracy = train_channel_classifier(images, labels, epochs=2, cache=str(classifier_path), device=args.device)
     print(f"classifier: held-out accuracy {100 * accuracy:.1f}%", flush=True)
 
-    cost = {"lbt-gan": 0, "lbt-gan-small": 1, "unrolled": 2, "dcgan": 3}  # longest runs first: the pool packs better
+    # longest runs first: the pool packs better
+    cost = {"lbt-gan": 0, "lbt-gan-balanced": 0, "lbt-gan-small": 1, "lbt-gan-fast-k5": 1, "lbt-gan-fast": 2,
+            "lbt-gan-fast-every4": 2, "unrolled": 3, "dcgan": 4}
     tasks = [(m, s) for m in sorted(args.methods, key=cost.get) for s in range(args.seeds)]
     results: Dict[str, List[Dict]] = {m: [None] * args.seeds for m in args.methods}  # type: ignore[list-item]
     with pool(args.jobs) as workers:
@@ -368,7 +393,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     body = table(results, args.methods)
     cmd = (f"python benchmarks/stacked_fashion.py --seeds {args.seeds} --steps {args.steps} --arch {args.arch} "
            f"--d-width {args.d_width}")
-    if args.methods != list(METHODS):
+    if args.methods != list(DEFAULT_METHODS):
         cmd += " --methods " + " ".join(args.methods)
     where = "one CPU thread"
     if torch.device(args.device).type != "cpu":

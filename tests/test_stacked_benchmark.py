@@ -51,12 +51,13 @@ def test_benchmark_end_to_end_and_resume(digits, tmp_path):
     results.write_text("<!-- stacked-table:start -->\nold\n<!-- stacked-table:end -->\n")
     argv = ["--steps", "2", "--eval-every", "1", "--eval-samples", "40", "--seeds", "1", "--device", "cpu",
             "--data-root", str(digits),
-            "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "img"), "--results", str(results)]
+            "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "img"), "--results", str(results),
+            "--methods", *sf.METHODS]  # every method and cost knob runs
     sf.main(argv)
     text = results.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ") and "method" not in line
             and not line.startswith("|---")]
-    assert [r.split(" | ")[0] for r in rows] == ["| DCGAN", "| Unrolled GAN", "| LBT-GAN", "| LBT-GAN (small estimator)"]
+    assert [r.split(" | ")[0] for r in rows] == [f"| {sf.NAMES[m]}" for m in sf.METHODS]
     assert "1 seeds, 2 generator updates" in text
     for name in ("stacked_curves.png", "stacked_histogram.png", "stacked_dcgan.png", "stacked_lbt_gan.png"):
         assert (tmp_path / "img" / name).stat().st_size > 500
