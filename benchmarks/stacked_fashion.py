@@ -395,6 +395,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
            f"--d-width {args.d_width}")
     if args.methods != list(DEFAULT_METHODS):
         cmd += " --methods " + " ".join(args.methods)
+    if args.table != "stacked-table":
+        cmd += f" --table {args.table} --runs {args.runs}"
+    if args.eval_every != Config.eval_every:
+        cmd += f" --eval-every {args.eval_every}"
     where = "one CPU thread"
     if torch.device(args.device).type != "cpu":
         cmd += f" --device {args.device}"
