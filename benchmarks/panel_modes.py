@@ -59,7 +59,7 @@ def table(results: List[Dict], datasets: List[str], seeds: int, steps: int, weig
     return "\n".join(lines) + (
         f"\n\nThe panel's 2-D loop (`benchmarks/panel/mlp_2d.py`: MLP G and D of 128, BCE, Adam 1e-3 with "
         f"beta1 0.5, batch 256, {steps} updates), {seeds} seeds; 2,500 samples at the end. Command: "
-        "`python benchmarks/panel_modes.py`")
+        f"`python benchmarks/panel_modes.py --seeds {seeds} --steps {steps}`")
 
 
 def main() -> None:
