@@ -14,7 +14,7 @@ they compute the same numbers; they differ in how the module is made functional.
   this package's unrolls only; ``higher``'s own registry is left alone). ``higher``
   rebinds fast weights only inside ``forward``; a direct call of another method
   (``log_prob``) or of a submodule silently reads stale weights, so
-  :meth:`HigherBackend.call` rebinds all fast weights before every call. It cannot
+  :meth:`HigherBackend.within` rebinds all fast weights before every call. It cannot
   patch modules whose classes cannot be subclassed together with its patch class
   (abstract bases, as in ``zuko``); it then says so and names ``"func"``.
 """

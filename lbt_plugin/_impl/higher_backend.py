@@ -92,7 +92,8 @@ def patch(module: nn.Module) -> "higher.patch._MonkeyPatchBase":
 
 
 class HigherBackend:
-    """Unroll with ``higher.monkeypatch`` and ``higher.optim.get_diff_optim``."""
+    """Unroll with ``higher.monkeypatch`` (the module) and ``higher``'s differentiable optimizer base class with
+    this package's rules as the update (``_DIFFERENTIABLE``; ``higher``'s own optimizers are not used)."""
 
     def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer,
                  grad_reduce: Optional[GradReduce] = None):

@@ -9,7 +9,7 @@ from. The rules mirror the single-tensor code paths of ``torch.optim`` (PyTorch
 order), so that in float64 the unrolled parameters equal those of real steps.
 
 These functions are the only place where optimizer maths lives; both backends
-(``higher`` and ``torch.func``) call them.
+(``"func"``, the module's own slots holding theta_t, and ``"higher"``) call them.
 """
 from __future__ import annotations
 
