@@ -52,6 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from ._impl import balance as _balance
+from ._impl import checks
 from ._impl import dist as _dist
 from ._impl import rules
 from ._impl.latent import as_shape, sampler
@@ -193,7 +194,7 @@ class LBTLoss:
         self.latent, self.batch_size, self.resample = latent, batch_size, resample
         self.check_finite = check_finite
         self._lock = threading.Lock()
-        self._reaches_samples: Optional[bool] = None  # checked once, at the first call
+        self._reaches_samples = False  # log_prob is differentiable in its input: checked once, at the first call
 
     # -- the call -----------------------------------------------------------------
     def __call__(self, generator: Generator, data: Tensor, z: Optional[Tensor] = None, *,
@@ -213,16 +214,12 @@ class LBTLoss:
             self._lock.release()
 
     def _call(self, generator: Generator, data: Tensor, z: Optional[Tensor], gan_loss: GanLoss) -> Tensor:
-        self._check_data(data)
+        checks.check_data(data, self._first_parameter.device)
         if not torch.is_grad_enabled():
-            raise RuntimeError(
-                "LBTLoss was called with gradients disabled (torch.no_grad() or inference_mode()): the unrolled "
-                "steps need autograd, and the loss exists to be back-propagated. Call it in the generator step, "
-                "outside no_grad; to log it, log the value that step returns."
-            )
+            raise RuntimeError(checks.NO_GRAD)
         draw = sampler(generator, data, z, self.latent, self.batch_size, self.resample)
         fake = draw()
-        self._check_samples(fake, data)
+        checks.check_samples(fake, data)
         gan_sq = None if gan_loss is None else _balance.gan_gradient_sq(
             gan_loss, fake, "a tensor or a function of samples")
         # Mixed precision: the generator may run under autocast, the LBT term does not. The estimator's
@@ -239,27 +236,44 @@ class LBTLoss:
 
     def _teach_unroll_score(self, draw: Callable[[], Tensor], fake: Tensor, data: Tensor,
                             gan_sq: Optional[Tensor]) -> Tensor:
-        """The algorithm of the module docstring, in the estimator's dtype: (1) teaching steps on detached
-        samples, (2) K differentiable steps from theta_0 to theta_K, (3) the data's log-likelihood under theta_K.
+        """The algorithm of the module docstring, in the estimator's dtype.
 
         Finiteness is checked with few host synchronisations: the inputs before the first teaching step (none
         without teaching steps), everything else once at the end, where a failure names its first cause (a
         failed call with teaching steps restores the estimator, see ``_call``)."""
-        checks = FiniteChecks(self.check_finite, self._error_for)
-        checks.add("data", data)
-        checks.add("samples", fake.detach())
+        finite = FiniteChecks(self.check_finite, lambda what, v: checks.not_finite(what, v, self.k, self.teach_steps))
+        finite.add("data", data)
+        finite.add("samples", fake.detach())
         if self.teach_steps:
-            checks.raise_first()  # before anything changes
-        if self._reaches_samples is None:
-            self._reaches_samples = self._check_reaches_samples(fake)
+            finite.raise_first()  # before anything changes
+        if not self._reaches_samples:
+            checks.check_reaches_samples(self.estimator, fake)
+            self._reaches_samples = True
         versions = [t._version for t in (fake, data)]
-        # (1) teaching: ordinary maximum-likelihood steps on detached samples
+        self._teach(fake, draw, finite)
+        view = self._unroll(fake, draw, gan_sq, finite)
+        # (3) the teacher's reward: the likelihood of real data under theta_K
+        log_p = checks.log_prob(view, data, "the data")
+        finite.add("data log-likelihood", log_p.detach())
+        finite.raise_first()
+        if [t._version for t in (fake, data)] != versions:
+            raise checks.changed_input(self.estimator, undone=self.teach_steps > 0)
+        per = data[0].numel() if self.reduction == "mean" else 1
+        scale = 1.0 if gan_sq is not None else self.weight
+        return (scale / per) * -log_p.mean()
+
+    def _teach(self, fake: Tensor, draw: Callable[[], Tensor], finite: FiniteChecks) -> None:
+        """(1) ``teach_steps`` ordinary maximum-likelihood steps of the estimator on detached samples."""
         for step in range(self.teach_steps):
-            x = fake.detach() if not self.resample else self._draw_detached(draw)
-            checks.add(f"resampled samples {step + 1}", x)
+            if self.resample:
+                with torch.no_grad():
+                    x = draw()
+            else:
+                x = fake.detach()
+            finite.add(f"resampled samples {step + 1}", x)
             self.optimizer.zero_grad(set_to_none=True)
-            nll = -self._log_prob(self.estimator, x, "a teaching step").mean()
-            checks.add(f"teaching step {step + 1}", nll.detach())
+            nll = -checks.log_prob(self.estimator, x, "a teaching step").mean()
+            finite.add(f"teaching step {step + 1}", nll.detach())
             nll.backward()
             if self.distributed:
                 _dist.mean_grads_(self.estimator.parameters())
@@ -267,87 +281,20 @@ class LBTLoss:
         if self.teach_steps:
             self.optimizer.zero_grad(set_to_none=True)
 
-        # (2) K differentiable steps: theta_K(G), from the samples (scaled in backward when balanced)
+    def _unroll(self, fake: Tensor, draw: Callable[[], Tensor], gan_sq: Optional[Tensor],
+                finite: FiniteChecks) -> UnrolledView:
+        """(2) K differentiable steps from theta_0 to theta_K(G), on the samples (on a fresh batch each step with
+        ``resample``); balanced, the samples' gradient is scaled in the backward pass (:mod:`._impl.balance`)."""
         batches = [fake] + [draw() for _ in range(self.k - 1)] if self.resample else [fake]
         if gan_sq is not None:
             reduce = _dist.sum_ if self.distributed else None
             batches = list(_balance.scale_to_ratio(torch.cat(batches), gan_sq, self.weight, reduce)
                            .split(fake.shape[0]))
         view, inner = self.unroller._unroll(
-            lambda e, t: -self._log_prob(e, batches[t if self.resample else 0], "an unrolled step").mean())
+            lambda e, t: -checks.log_prob(e, batches[t if self.resample else 0], "an unrolled step").mean())
         for t, loss in enumerate(inner):
-            checks.add(f"unrolled step {t + 1}", loss)
-
-        # (3) the teacher's reward: likelihood of real data under theta_K
-        log_p = self._log_prob(view, data, "the data")
-        checks.add("data log-likelihood", log_p.detach())
-        checks.raise_first()
-        if [t._version for t in (fake, data)] != versions:
-            raise RuntimeError(
-                f"{type(self.estimator).__name__}.log_prob changed its input in place: the estimator must not modify "
-                "the samples or data it scores (use out-of-place operations, x = x * 0.5 instead of x.mul_(0.5)). "
-                "The caller's tensors are unchanged"
-                + ("; the teaching steps were undone." if self.teach_steps else ".")
-            )
-        per = data[0].numel() if self.reduction == "mean" else 1
-        scale = 1.0 if gan_sq is not None else self.weight
-        return (scale / per) * -log_p.mean()
-
-    def _check_reaches_samples(self, fake: Tensor) -> bool:
-        """Once per LBTLoss: ``log_prob`` must be differentiable in its input, or no gradient can reach the
-        generator. Probed on two detached samples with the random state and the buffers put back."""
-        probe = fake[:2].detach().clone().requires_grad_()
-        buffers = [(b, b.detach().clone()) for b in self.estimator.buffers()]
-        devices = [fake.device] if fake.device.type == "cuda" else []
-        try:
-            with torch.random.fork_rng(devices=devices):
-                out = self.estimator.log_prob(probe)
-                if not isinstance(out, Tensor) or not out.requires_grad:
-                    return True  # reported with its cause by the checks of the call
-                (grad,) = torch.autograd.grad(out.sum(), probe, allow_unused=True)
-        except Exception:  # noqa: BLE001  a log_prob that fails here fails in the call, with its own message
-            return True
-        finally:
-            with torch.no_grad():
-                for b, saved in buffers:
-                    b.copy_(saved)
-        if grad is None:
-            raise ValueError(
-                f"{type(self.estimator).__name__}.log_prob is not differentiable in its input (it detaches it, "
-                "or computes under no_grad): the LBT loss could not reach the generator. Remove the .detach(), "
-                ".item() or no_grad on the input path of log_prob."
-            )
-        return True
-
-    def _error_for(self, what: str, value: Tensor) -> BaseException:
-        """The error for the first non-finite value of a call, naming the cause and the fix."""
-        bad = int((~torch.isfinite(value)).sum())
-        if what == "data":
-            return ValueError(f"data contains {bad} NaN or infinite values; nothing was changed")
-        if what == "samples":
-            rows = int((~torch.isfinite(value)).flatten(1).any(1).sum())
-            return FloatingPointError(
-                f"{rows} of {value.shape[0]} generator samples contain NaN or inf; the estimator was not taught on "
-                "them and nothing was changed. The generator has diverged: lower its learning rate, or clip its "
-                "gradients."
-            )
-        if what.startswith("resampled"):
-            return FloatingPointError("a resampled batch of generator samples contains NaN or inf; nothing was changed")
-        if what.startswith("teaching"):
-            return FloatingPointError(
-                f"the estimator's loss on the generator's samples is {value.item()} at {what} of {self.teach_steps}; "
-                "the teaching steps were undone. Lower the estimator's learning rate or check its log_prob on these "
-                "samples."
-            )
-        if what.startswith("unrolled"):
-            return FloatingPointError(
-                f"the inner loss is {value.item()} at {what} of {self.k}; lower the optimizer's learning rate or "
-                "check the module's outputs."
-            )
-        return FloatingPointError(
-            f"log p_E(data; theta_K) is not finite for {bad} of {value.numel()} data points after {self.k} unrolled "
-            "steps"
-        )
+            finite.add(f"unrolled step {t + 1}", loss)
+        return view
 
     @property
     def _first_parameter(self) -> Tensor:
@@ -362,62 +309,6 @@ class LBTLoss:
             if p.is_floating_point():
                 count[p.dtype] += p.numel()
         return count.most_common(1)[0][0] if count else torch.get_default_dtype()
-
-    # -- inputs -------------------------------------------------------------------
-    def _check_data(self, data: Tensor) -> None:
-        if not isinstance(data, Tensor) or data.dim() < 1:
-            raise TypeError(f"data must be a tensor [N, ...] of real samples, got {type(data).__name__}")
-        if data.is_complex() or not data.is_floating_point():
-            hint = " (images: data.float() / 127.5 - 1 for [-1, 1])" if data.dtype == torch.uint8 else ""
-            raise TypeError(
-                f"data has dtype {data.dtype}; LBTLoss scores real-valued data in the generator's range, as floating "
-                f"point{hint}."
-            )
-        if data.shape[0] == 0 or data[0].numel() == 0:
-            raise ValueError(f"data is empty (shape {tuple(data.shape)}): pass a batch of at least one sample")
-        device = self._first_parameter.device
-        if data.device != device:
-            raise ValueError(f"data is on {data.device} and the estimator on {device}: move one of them")
-
-    def _check_samples(self, fake: Tensor, data: Tensor) -> None:
-        if not isinstance(fake, Tensor):
-            raise TypeError(f"the generator returned {type(fake).__name__}, expected a tensor of samples")
-        if fake.shape[1:] != data.shape[1:]:
-            raise ValueError(
-                f"generator samples have shape {tuple(fake.shape)} but data has {tuple(data.shape)}: "
-                "everything after the batch dimension must match."
-            )
-        if fake.shape[0] == 0:
-            raise ValueError("the generator returned an empty batch of samples")
-        if not fake.is_floating_point():
-            raise TypeError(f"generator samples have dtype {fake.dtype}; they must be floating point")
-        if fake.device != data.device:
-            raise ValueError(f"generator samples are on {fake.device} and data on {data.device}: move one of them")
-        if not fake.requires_grad:
-            raise ValueError(
-                "the generator's samples do not require grad, so the LBT loss cannot reach the generator: "
-                "do not .detach() them or create them under torch.no_grad()."
-            )
-
-    def _draw_detached(self, draw: Callable[[], Tensor]) -> Tensor:
-        with torch.no_grad():
-            return draw()
-
-    @staticmethod
-    def _log_prob(estimator: Union[nn.Module, UnrolledView], x: Tensor, where: str) -> Tensor:
-        out = estimator.log_prob(x)
-        if not isinstance(out, Tensor) or out.shape != (x.shape[0],):
-            raise ValueError(
-                f"log_prob must return a tensor of shape [B] = [{x.shape[0]}] (one log-likelihood per sample); "
-                f"got {tuple(getattr(out, 'shape', ()))} in {where}. Sum over event dimensions inside log_prob."
-            )
-        if out.is_complex() or not out.is_floating_point():
-            raise TypeError(f"log_prob returned dtype {out.dtype} in {where}; it must be a real floating-point "
-                            "log-likelihood")
-        if not out.requires_grad:
-            raise ValueError(f"log_prob's output does not depend on the estimator's parameters in {where} (a "
-                             "constant, or computed under no_grad): there is nothing to teach or unroll.")
-        return out
 
     # -- checkpointing --------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
