@@ -30,7 +30,7 @@ PANEL = Path(__file__).resolve().parent / "panel"
 
 #: (label, loop module in benchmarks/panel, keyword arguments of its train(), generator steps by default)
 LOOPS: List[Tuple[str, str, Dict, int]] = [
-    ("pytorch/examples DCGAN, 1x64x64, BCE", "pytorch_dcgan", {}, 60),
+    ("pytorch/examples DCGAN, 1x64x64, BCE", "pytorch_dcgan", {}, 30),
     ("PyTorch-GAN dcgan.py, 1x32x32, BCE", "pytorchgan_dcgan", {}, 100),
     ("PyTorch-GAN wgan_gp.py, 1x28x28 MLP, WGAN-GP", "pytorchgan_wgan_gp", {}, 100),
     ("Lightning GAN template, 1x28x28 MLP, BCE", "lightning_gan", {}, 100),
@@ -105,7 +105,7 @@ def main() -> None:
         f"\n\n|grad_G LBT|_1 / |grad_G GAN|_1 on the generator's parameters at the first, middle and last of "
         f"each loop's generator steps: median (smallest to largest) over {args.seeds} seeds. `fixed`: the "
         "paper's form, `weight=1` in nats per dimension; `balanced`: `gan_loss=` in the call, `weight=1`. Command: "
-        "`python benchmarks/gradient_share.py`"), args.out, "gradient-share")
+        f"`{' '.join(['python benchmarks/gradient_share.py', *sys.argv[1:]])}`"), args.out, "gradient-share")
 
 
 if __name__ == "__main__":
