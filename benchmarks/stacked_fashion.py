@@ -31,7 +31,10 @@ Methods (the same networks, optimizers, data order and number of generator updat
 - ``lbt-gan-balanced``: ``lbt-gan`` with the balance (``lbt(fake, real, gan_loss=g_loss)``), the README's lines;
 - the cost knobs, all balanced (``SETTINGS``): ``lbt-gan-fast`` (the small estimator, ``k=2``),
   ``lbt-gan-fast-k5`` (the small estimator, ``k=5``), ``lbt-gan-fast-every4`` (the small estimator, ``k=5``, the
-  LBT term on every 4th generator step only, the estimator neither taught nor unrolled in between).
+  LBT term on every 4th generator step only, the estimator neither taught nor unrolled in between),
+  ``lbt-gan-fast-every4-taught`` (the same, the estimator taught one step on the detached samples in between),
+  ``lbt-gan-fast-k1``, ``lbt-gan-fast-k5-truncate1``, ``lbt-gan-fast-k5-checkpoint``, ``lbt-gan-fast-teach0`` and
+  ``lbt-gan-fast-teach3``. ``benchmarks/step_cost.py`` times them all against a DCGAN update.
 
 Metrics, from 26,000 samples (the Stacked MNIST protocol) at every evaluation: modes with at least
 one sample and KL(mode histogram || uniform), channel by channel by the package's classifier
@@ -63,12 +66,19 @@ from lbt_plugin.metrics import (classifier_features, load_channel_classifier, st
                                 train_channel_classifier)
 
 METHODS = ("dcgan", "unrolled", "lbt-gan", "lbt-gan-small", "lbt-gan-balanced", "lbt-gan-fast", "lbt-gan-fast-k5",
-           "lbt-gan-fast-every4")
+           "lbt-gan-fast-every4", "lbt-gan-fast-every4-taught", "lbt-gan-fast-k1", "lbt-gan-fast-k5-truncate1",
+           "lbt-gan-fast-k5-checkpoint", "lbt-gan-fast-teach0", "lbt-gan-fast-teach3")
 NAMES = {"dcgan": "DCGAN", "unrolled": "Unrolled GAN", "lbt-gan": "LBT-GAN (fixed form)",
          "lbt-gan-small": "LBT-GAN (small estimator, fixed form)", "lbt-gan-balanced": "LBT-GAN (balanced)",
          "lbt-gan-fast": "LBT-GAN (small estimator, K=2, balanced)",
          "lbt-gan-fast-k5": "LBT-GAN (small estimator, K=5, balanced)",
-         "lbt-gan-fast-every4": "LBT-GAN (small estimator, K=5, every 4th step, balanced)"}
+         "lbt-gan-fast-every4": "LBT-GAN (small estimator, K=5, every 4th step, balanced)",
+         "lbt-gan-fast-every4-taught": "LBT-GAN (small estimator, K=5, every 4th step, taught every step, balanced)",
+         "lbt-gan-fast-k1": "LBT-GAN (small estimator, K=1, balanced)",
+         "lbt-gan-fast-k5-truncate1": "LBT-GAN (small estimator, K=5, truncate=1, balanced)",
+         "lbt-gan-fast-k5-checkpoint": "LBT-GAN (small estimator, K=5, checkpoint=True, balanced)",
+         "lbt-gan-fast-teach0": "LBT-GAN (small estimator, K=2, teach_steps=0, balanced)",
+         "lbt-gan-fast-teach3": "LBT-GAN (small estimator, K=2, teach_steps=3, balanced)"}
 #: What the benchmark runs without --methods (docs/results.md's table).
 DEFAULT_METHODS = ("dcgan", "unrolled", "lbt-gan")
 #: PacGAN's discriminator widths, against its generator's 8, 16, 32.
@@ -101,7 +111,8 @@ SMALL: Dict = dict(estimator=dict(latent_dim=16, base=8), k=5, teach_steps=3, we
 #: "lbt-gan": the package's defaults, the estimator the example uses, the fixed-weight form (GAN + LBT).
 DEFAULT: Dict = dict(estimator=dict(), k=5, teach_steps=1, weight=1.0, optimizer="default", est_lr=3e-4, warmup=0)
 #: The balanced forms (``gan_loss=`` in the call) and the cost knobs: estimator size, K, the LBT term on every
-#: n-th generator step only (``every``; the estimator is neither taught nor unrolled in between).
+#: n-th generator step only (``every``; the estimator is neither taught nor unrolled in between, or, with
+#: ``teach_between``, taught one ordinary step on the detached samples), ``truncate``, ``checkpoint``.
 BALANCED: Dict = dict(DEFAULT, balanced=True)
 SMALL_ESTIMATOR = dict(latent_dim=16, base=8)
 SETTINGS: Dict[str, Dict] = {
@@ -109,6 +120,12 @@ SETTINGS: Dict[str, Dict] = {
     "lbt-gan-fast": dict(BALANCED, estimator=SMALL_ESTIMATOR, k=2),
     "lbt-gan-fast-k5": dict(BALANCED, estimator=SMALL_ESTIMATOR),
     "lbt-gan-fast-every4": dict(BALANCED, estimator=SMALL_ESTIMATOR, every=4),
+    "lbt-gan-fast-every4-taught": dict(BALANCED, estimator=SMALL_ESTIMATOR, every=4, teach_between=True),
+    "lbt-gan-fast-k1": dict(BALANCED, estimator=SMALL_ESTIMATOR, k=1),
+    "lbt-gan-fast-k5-truncate1": dict(BALANCED, estimator=SMALL_ESTIMATOR, truncate=1),
+    "lbt-gan-fast-k5-checkpoint": dict(BALANCED, estimator=SMALL_ESTIMATOR, checkpoint=True),
+    "lbt-gan-fast-teach0": dict(BALANCED, estimator=SMALL_ESTIMATOR, k=2, teach_steps=0),
+    "lbt-gan-fast-teach3": dict(BALANCED, estimator=SMALL_ESTIMATOR, k=2, teach_steps=3),
 }
 
 
@@ -180,7 +197,8 @@ class Run(ResumableRun):
                    "adam": lambda: torch.optim.Adam(self.E.parameters(), lr=s["est_lr"], betas=(0.5, 0.999)),
                    "sgd": lambda: torch.optim.SGD(self.E.parameters(), lr=s["est_lr"])}[s["optimizer"]]
             self.lbt = LBTLoss(self.E, k=s["k"], teach_steps=s["teach_steps"], weight=s["weight"],
-                               optimizer=opt() if opt else None)
+                               optimizer=opt() if opt else None, truncate=s.get("truncate"),
+                               checkpoint=s.get("checkpoint", False))
         self.gen = torch.Generator().manual_seed(1000 + seed)  # data order and latents
         self.step_count = 0
         self.history: List[Dict] = []
@@ -201,9 +219,14 @@ class Run(ResumableRun):
         else:
             loss = self.bce(self.D(fake), ones)
         s = self.settings
-        if self.lbt is not None and self.step_count >= s["warmup"] and \
-                (self.step_count - s["warmup"]) % s.get("every", 1) == 0:
-            loss = loss + self.lbt(fake, real, gan_loss=loss if s.get("balanced") else None)
+        if self.lbt is not None and self.step_count >= s["warmup"]:
+            if (self.step_count - s["warmup"]) % s.get("every", 1) == 0:
+                loss = loss + self.lbt(fake, real, gan_loss=loss if s.get("balanced") else None)
+            elif s.get("teach_between"):  # one ordinary maximum-likelihood step of the estimator on G's samples
+                self.lbt.optimizer.zero_grad(set_to_none=True)
+                (-self.E.log_prob(fake.detach()).mean()).backward()
+                self.lbt.optimizer.step()
+                self.lbt.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.g_opt.step()
         self.step_count += 1
@@ -376,9 +399,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(f"classifier: held-out accuracy {100 * accuracy:.1f}%", flush=True)
 
     # longest runs first: the pool packs better
-    cost = {"lbt-gan": 0, "lbt-gan-balanced": 0, "lbt-gan-small": 1, "lbt-gan-fast-k5": 1, "lbt-gan-fast": 2,
-            "lbt-gan-fast-every4": 2, "unrolled": 3, "dcgan": 4}
-    tasks = [(m, s) for m in sorted(args.methods, key=cost.get) for s in range(args.seeds)]
+    cost = {"lbt-gan": 0, "lbt-gan-balanced": 0, "unrolled": 3, "dcgan": 4}  # the small estimators: 1
+    tasks = [(m, s) for m in sorted(args.methods, key=lambda m: cost.get(m, 1)) for s in range(args.seeds)]
     results: Dict[str, List[Dict]] = {m: [None] * args.seeds for m in args.methods}  # type: ignore[list-item]
     with pool(args.jobs) as workers:
         futures = {workers.submit(train, m, s, cfg, args.runs, args.data_root, classifier_path, device=args.device):

@@ -81,3 +81,17 @@ def test_an_interrupted_run_continues_exactly(digits, tmp_path, interrupt_step):
     assert [h["step"] for h in resumed["history"]] == [2, 4]
     assert torch.equal(whole["grid"], resumed["grid"])
     assert whole["history"][-1]["counts"] == resumed["history"][-1]["counts"]
+
+
+def test_step_cost_times_every_method_against_dcgan():
+    import step_cost
+
+    data = torch.rand(256, 3, 28, 28) * 2 - 1
+    methods = ["dcgan", "lbt-gan-fast", "lbt-gan-fast-every4"]
+    seconds = step_cost.time_updates(methods, data, rounds=2, updates=1, warmup=1)
+    assert list(seconds) == methods and all(len(v) == 2 and min(v) > 0 for v in seconds.values())
+    rows = step_cost.table(seconds).splitlines()[2:]
+    assert [r.split(" | ")[0] for r in rows] == [f"| {sf.NAMES[m]}" for m in methods]
+    assert rows[0].split(" | ")[2] == "1.0"  # DCGAN against itself
+    with pytest.raises(ValueError, match="must include dcgan"):
+        step_cost.time_updates(["lbt-gan-fast"], data, rounds=1, updates=1)
