@@ -1,14 +1,19 @@
 """Files are data, nothing is lost, bad input meets a clear error: every file the package reads is a regular file
 of bounded size, checked before it is read, and its contents are checked before memory is allocated for them."""
+import gzip
+import math
 import os
 import re
 import signal
+import struct
+import tracemalloc
 import zipfile
 from contextlib import contextmanager
 
 import pytest
 import torch
 
+from lbt_plugin.data import load_idx_dataset, read_idx
 from lbt_plugin.files import check_regular, load_tensors, open_regular, save_atomic
 
 
@@ -63,3 +68,116 @@ def test_load_tensors_bounds_the_uncompressed_size_of_the_archive(tmp_path):
     assert torch.equal(load_tensors(tmp_path / "ok.pt", max_bytes=100_000)["x"], torch.arange(3))
     with pytest.raises(ValueError, match=r"ok\.pt has \d+ bytes, above the bound of 100 bytes"):
         load_tensors(tmp_path / "ok.pt", max_bytes=100)
+
+
+# ----------------------------------------------------------------------------- idx files (lbt_plugin.data)
+def _idx(shape, body=None, code=0x08):
+    header = struct.pack(">I", (code << 8) | len(shape)) + struct.pack(">" + "I" * len(shape), *shape)
+    return header + (bytes(math.prod(shape)) if body is None else body)
+
+
+def _peak(fn):
+    """The peak of Python allocations (bytes) while ``fn`` runs, and the exception it raised."""
+    tracemalloc.start()
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001
+        raised = exc
+    else:
+        raised = None
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak, raised
+
+
+def test_an_idx_file_is_read_no_further_than_its_header_allows(tmp_path):
+    """A gzip bomb behind a small header, an absurd header, bytes missing or extra, a truncated or non-gzip .gz
+    and a non-byte type: each is refused naming the file, without allocating more than the header declares."""
+    bomb = tmp_path / "bomb-idx3-ubyte.gz"
+    with gzip.open(bomb, "wb", compresslevel=1) as f:
+        f.write(_idx((64, 28, 28)))
+        for _ in range(50):
+            f.write(bytes(2**20))  # 50 MB of zeros past the declared 50 KB, about 200 KB compressed
+    peak, exc = _peak(lambda: read_idx(bomb))
+    assert isinstance(exc, ValueError) and re.search(r"bomb-idx3-ubyte\.gz holds more bytes than its header says "
+                                                     r"\(\(64, 28, 28\), 50176 bytes\)", str(exc)), exc
+    assert peak < 5 * 2**20, peak  # the whole stream read at once is 50 MB
+    absurd = tmp_path / "absurd.gz"
+    with gzip.open(absurd, "wb") as f:
+        f.write(_idx((100000, 100000, 1000), body=b""))
+    peak, exc = _peak(lambda: read_idx(absurd))
+    assert isinstance(exc, ValueError) and "declares a shape (100000, 100000, 1000) of 10000000000000 bytes, above " \
+        "the bound of 1073741824 bytes" in str(exc), exc
+    assert peak < 2**20
+    cases = {
+        "short": (_idx((10, 28, 28))[:-5], r"short is truncated: its header says \(10, 28, 28\) \(7840 bytes\), "
+                                           r"it holds 7835; download it again"),
+        "float": (_idx((3,), bytes(12), code=0x0D), r"float holds float32 \(idx type 0x0d\), not unsigned bytes"),
+        "magic": (b"PK\x03\x04" + bytes(100), r"magic is not an idx file \(magic number 0x504b0304\)"),
+    }
+    for name, (data, message) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=message):
+            read_idx(tmp_path / name)
+    truncated = tmp_path / "truncated.gz"
+    truncated.write_bytes(gzip.compress(_idx((10, 28, 28)))[:-12])
+    not_gzip = tmp_path / "plain.gz"
+    not_gzip.write_bytes(_idx((10, 28, 28)))
+    for path in (truncated, not_gzip):
+        with pytest.raises(ValueError, match=rf"idx file {re.escape(str(path))} is not a complete gzip file "
+                                             r"\((EOFError|BadGzipFile): .*\); download it again"):
+            read_idx(path)
+    with pytest.raises(ValueError, match=r"above the bound of 7839 bytes \(read_idx's max_bytes\)"):
+        read_idx(tmp_path / "short", max_bytes=7839)
+    assert read_idx(_write(tmp_path / "ok.gz", _idx((2, 3), bytes(range(6))))).tolist() == \
+        [[0, 1, 2], [3, 4, 5]]
+
+
+def _write(path, data):
+    with gzip.open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+@pytest.fixture
+def no_download(monkeypatch):
+    """Any download attempt is recorded (and fails), so that a test can assert none was made."""
+    import torchvision.datasets as dsets
+
+    from lbt_plugin import data
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("no network in tests")
+
+    for name in ("FashionMNIST", "MNIST"):
+        monkeypatch.setattr(dsets, name, refuse)
+    monkeypatch.setattr(data, "fetch_debian_fashion_mnist", refuse)
+    return attempts
+
+
+def test_a_data_root_must_hold_images_and_labels_that_belong_together(tmp_path, no_download):
+    root = tmp_path / "root"
+    root.mkdir()
+    _write(root / "train-images-idx3-ubyte.gz", _idx((4, 28, 28)))
+    with pytest.raises(FileNotFoundError, match=r"holds .*train-images-idx3-ubyte\.gz but not "
+                                                r"train-labels-idx1-ubyte \(or train-labels-idx1-ubyte\.gz\)"):
+        load_idx_dataset("fashion-mnist", root)
+    (root / "train-labels-idx1-ubyte.gz").mkdir()  # a folder where the labels file is expected
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte\.gz is a directory, not a regular file"):
+        load_idx_dataset("fashion-mnist", root)
+    (root / "train-labels-idx1-ubyte.gz").rmdir()
+    for labels, why in ((_idx((5,)), "N"), (_idx((4, 1)), "1-D")):
+        _write(root / "train-labels-idx1-ubyte.gz", labels)
+        with pytest.raises(ValueError, match=r"\(\(4, 28, 28\)\) and .*train-labels-idx1-ubyte\.gz \(\((5|4, 1),?\)\)"
+                                             r" are not a dataset: images must be \[N, H, W\] and labels \[N\]"):
+            load_idx_dataset("fashion-mnist", root)
+    _write(root / "train-labels-idx1-ubyte.gz", _idx((4,)))
+    images, labels = load_idx_dataset("fashion-mnist", root)
+    assert images.shape == (4, 28, 28) and labels.shape == (4,)
+    with pytest.raises(NotADirectoryError, match="is not a folder"):
+        load_idx_dataset("fashion-mnist", root / "train-labels-idx1-ubyte.gz")
+    assert no_download == []
