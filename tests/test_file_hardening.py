@@ -1,6 +1,7 @@
 """Files are data, nothing is lost, bad input meets a clear error: every file the package reads is a regular file
 of bounded size, checked before it is read, and its contents are checked before memory is allocated for them."""
 import gzip
+import io
 import math
 import os
 import re
@@ -10,6 +11,7 @@ import tracemalloc
 import zipfile
 from contextlib import contextmanager
 
+import numpy as np
 import pytest
 import torch
 
@@ -181,3 +183,90 @@ def test_a_data_root_must_hold_images_and_labels_that_belong_together(tmp_path, 
     with pytest.raises(NotADirectoryError, match="is not a folder"):
         load_idx_dataset("fashion-mnist", root / "train-labels-idx1-ubyte.gz")
     assert no_download == []
+
+
+# ----------------------------------------------------------------------------- FID statistics (lbt_plugin.metrics.fid)
+def _npz(path, **arrays):
+    """An .npz whose members are ``name: array`` or ``name: (shape, dtype)`` (a header only, no data: what a
+    crafted file declares)."""
+    with zipfile.ZipFile(path, "w") as z:
+        for name, value in arrays.items():
+            buf = io.BytesIO()
+            if isinstance(value, tuple):
+                np.lib.format.write_array_header_1_0(buf, {"descr": np.dtype(value[1]).str, "fortran_order": False,
+                                                           "shape": value[0]})
+            else:
+                np.lib.format.write_array(buf, np.asarray(value), allow_pickle=False)
+            z.writestr(f"{name}.npy", buf.getvalue())
+    return str(path)
+
+
+def test_fid_statistics_are_checked_from_their_headers_then_as_a_covariance(tmp_path):
+    """Huge shapes are refused from the .npy headers (nothing allocated); a wrong dtype is named as a dtype error,
+    a 0-d mu as not a vector; a sigma that is not finite, not symmetric or not positive semi-definite is refused
+    naming the file; statistics that pass give pytorch-fid's own value."""
+    from lbt_plugin.metrics.fid import _npz_stats, fid
+
+    huge = _npz(tmp_path / "huge.npz", mu=((6000,), "<f8"), sigma=((6000, 6000), "<f8"))
+    peak, exc = _peak(lambda: _npz_stats(huge))
+    assert isinstance(exc, ValueError) and "huge.npz as FID statistics" in str(exc) \
+        and "mu has 6000 features, outside [1, 4096] (FID_MAX_DIMS); not read" in str(exc), exc
+    assert peak < 2**20, peak  # a 6000 x 6000 float64 sigma is 288 MB
+    eye = np.eye(3)
+    cases = {
+        "sigma_shape": (dict(mu=np.zeros(3), sigma=((5000, 5000), "<f8")), r"sigma has shape \(5000, 5000\), not "
+                                                                          r"\[3, 3\] to match mu \[3\]"),
+        "dtype": (dict(mu=np.zeros(3, dtype=np.int64), sigma=eye), r"mu has dtype int64, not a float dtype \(a "
+                                                                   r"dtype error\)"),
+        "scalar": (dict(mu=np.float64(1.0), sigma=eye), r"mu has shape \(\), not a vector \[d\]"),
+        "missing": (dict(mu=np.zeros(3)), r"it lacks \['sigma'\]"),
+        "nan": (dict(mu=np.zeros(3), sigma=np.diag([1.0, np.nan, 1.0])), "the statistics contain NaN or inf"),
+        "asymmetric": (dict(mu=np.zeros(3), sigma=eye + np.triu(np.ones((3, 3)), 1)),
+                       r"sigma is not symmetric \(max \|sigma - sigma.T\| = 1, 1 of its largest entry"),
+        "not_psd": (dict(mu=np.zeros(3), sigma=np.diag([1.0, -1.0, 1.0])),
+                    r"sigma is not a covariance matrix: its smallest eigenvalue is -1 .*not positive semi-definite"),
+    }
+    for name, (arrays, message) in cases.items():
+        path = _npz(tmp_path / f"{name}.npz", **arrays)
+        with pytest.raises(ValueError, match=rf"{re.escape(path)}.*{message}"):
+            fid(path, path)
+    rng = np.random.default_rng(0)
+    feats = [rng.normal(size=(5, 8)), rng.normal(size=(50, 8)) + 0.5]  # 5 samples of 8 features: a singular sigma
+    a, b = (_npz(tmp_path / f"ok{i}.npz", mu=f.mean(0), sigma=np.cov(f, rowvar=False)) for i, f in enumerate(feats))
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    with np.load(a) as fa, np.load(b) as fb:
+        assert fid(a, b) == float(calculate_frechet_distance(fa["mu"], fa["sigma"], fb["mu"], fb["sigma"]))
+    assert fid(a, a) >= 0.0 and fid(a, a) < 1e-6
+
+
+def test_fid_is_never_negative_nor_computed_from_non_finite_images(monkeypatch):
+    """Rounding below zero within the stated tolerance reads 0; beyond it, and pytorch-fid's bare "Imaginary
+    component" error, are errors naming both sources; a generator that draws NaN is refused by name."""
+    import pytorch_fid.fid_score as fid_score
+
+    from lbt_plugin.metrics.fid import _draw_images, frechet_distance
+
+    mu, sigma = np.zeros(4), np.eye(4)
+    for value, expected in ((-1e-12, 0.0), (2.5, 2.5)):
+        monkeypatch.setattr(fid_score, "calculate_frechet_distance", lambda *a, v=value: v)
+        assert frechet_distance(mu, sigma, mu, sigma) == expected
+    monkeypatch.setattr(fid_score, "calculate_frechet_distance", lambda *a: -0.5)
+    with pytest.raises(ValueError, match=r"the FID of x.npz and y.npz came out as -0.5 \(its terms are of size 8; "
+                                         r"rounding explains at most -[0-9.e-]+\)"):
+        frechet_distance(mu, sigma, mu, sigma, ("x.npz", "y.npz"))
+
+    def imaginary(*a):
+        raise ValueError("Imaginary component 1.0")
+
+    monkeypatch.setattr(fid_score, "calculate_frechet_distance", imaginary)
+    with pytest.raises(ValueError, match=r"the FID of a and b cannot be computed: sqrtm\(sigma1 sigma2\) is not "
+                                         r"real \(Imaginary component 1.0\)"):
+        frechet_distance(mu, sigma, mu, sigma)
+
+    class NaNGenerator(torch.nn.Module):
+        def forward(self, z):
+            return torch.full((len(z), 3, 4, 4), float("nan"))
+
+    with pytest.raises(ValueError, match=r"the generator drew NaN or inf in its images \(samples 0 to 5\)"):
+        _draw_images(NaNGenerator(), 6, "cpu", (4,))
