@@ -64,6 +64,7 @@ from lbt_plugin.data import load_idx_dataset
 from lbt_plugin.estimators import ConvVAE
 from lbt_plugin.metrics import (classifier_features, load_channel_classifier, stacked_mode_stats,
                                 train_channel_classifier)
+from lbt_plugin.metrics.stacked import MIN_ACCURACY
 
 METHODS = ("dcgan", "unrolled", "lbt-gan", "lbt-gan-small", "lbt-gan-balanced", "lbt-gan-fast", "lbt-gan-fast-k5",
            "lbt-gan-fast-every4", "lbt-gan-fast-every4-taught", "lbt-gan-fast-k1", "lbt-gan-fast-k5-truncate1",
@@ -295,13 +296,15 @@ def _gaussian(features: Tensor):
 
 def train(method: str, seed: int, cfg: Config, runs: Path, data_root: Optional[Path], classifier_path: Path,
           lbt: Optional[Dict] = None, name: Optional[str] = None, progress: bool = False,
-          device: Union[str, torch.device] = "cpu") -> Dict:
+          device: Union[str, torch.device] = "cpu", min_accuracy: float = MIN_ACCURACY) -> Dict:
     """Train (or continue) one run on ``device`` (models, data, classifier and metrics there), evaluating every
     ``eval_every`` updates; returns its history and a grid of samples (on the CPU). A checkpoint written on one
-    device continues on another."""
+    device continues on another. The classifier at ``classifier_path`` must have been trained on Fashion-MNIST
+    from ``data_root`` (its data key) and is measured again on its held-out tenth (at least ``min_accuracy``)."""
     torch.set_num_threads(1)
     data = stacked_images(data_root).to(device)
-    classifier, _ = load_channel_classifier(str(classifier_path))
+    images, labels = load_idx_dataset("fashion-mnist", data_root)
+    classifier, _ = load_channel_classifier(str(classifier_path), images, labels, min_accuracy=min_accuracy)
     evaluator = Evaluator(classifier.to(device), data, cfg.eval_samples)
     run = Run(method, seed, cfg, lbt, data=data, device=device)
 
@@ -379,6 +382,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--results", type=Path, default=Path("docs/results.md"), help="'-' to only print")
     p.add_argument("--table", default="stacked-table")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--min-classifier-accuracy", type=float, default=MIN_ACCURACY,
+                   help="refuse a mode classifier below this held-out accuracy (measured, cached or not)")
     add_device_flag(p)
     args = p.parse_args(argv)
     if args.quick:
@@ -395,7 +400,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     images, labels = load_idx_dataset("fashion-mnist", args.data_root)
     classifier_path = args.runs / "classifier.pt"
-    _, accuracy = train_channel_classifier(images, labels, epochs=2, cache=str(classifier_path), device=args.device)
+    _, accuracy = train_channel_classifier(images, labels, epochs=2, cache=str(classifier_path), device=args.device,
+                                           min_accuracy=args.min_classifier_accuracy)
     print(f"classifier: held-out accuracy {100 * accuracy:.1f}%", flush=True)
 
     # longest runs first: the pool packs better
@@ -403,7 +409,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     tasks = [(m, s) for m in sorted(args.methods, key=lambda m: cost.get(m, 1)) for s in range(args.seeds)]
     results: Dict[str, List[Dict]] = {m: [None] * args.seeds for m in args.methods}  # type: ignore[list-item]
     with pool(args.jobs) as workers:
-        futures = {workers.submit(train, m, s, cfg, args.runs, args.data_root, classifier_path, device=args.device):
+        futures = {workers.submit(train, m, s, cfg, args.runs, args.data_root, classifier_path, device=args.device,
+                                  min_accuracy=args.min_classifier_accuracy):
                    (m, s) for m, s in tasks}
         for future in tqdm(as_completed(futures), total=len(futures), desc="runs"):
             m, s = futures[future]

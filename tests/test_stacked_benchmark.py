@@ -52,7 +52,7 @@ def test_benchmark_end_to_end_and_resume(digits, tmp_path):
     argv = ["--steps", "2", "--eval-every", "1", "--eval-samples", "40", "--seeds", "1", "--device", "cpu",
             "--data-root", str(digits),
             "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "img"), "--results", str(results),
-            "--methods", *sf.METHODS]  # every method and cost knob runs
+            "--methods", *sf.METHODS, "--min-classifier-accuracy", "0"]  # every method and cost knob runs
     sf.main(argv)
     text = results.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ") and "method" not in line
@@ -67,17 +67,18 @@ def test_benchmark_end_to_end_and_resume(digits, tmp_path):
 
 def test_an_interrupted_run_continues_exactly(digits, tmp_path, interrupt_step):
     clf_path = tmp_path / "clf.pt"
-    images = torch.rand(64, 28, 28).mul(255).to(torch.uint8)
+    from lbt_plugin.data import load_idx_dataset
     from lbt_plugin.metrics import train_channel_classifier
 
-    train_channel_classifier(images, torch.arange(64) % 10, epochs=1, cache=str(clf_path), progress=False)
+    images, labels = load_idx_dataset("fashion-mnist", digits)  # 64 random images: a classifier at chance
+    train_channel_classifier(images, labels, epochs=1, cache=str(clf_path), progress=False, min_accuracy=0)
     cfg = sf.Config(steps=4, eval_every=2, eval_samples=40)
-    whole = sf.train("lbt-gan-small", 0, cfg, tmp_path / "a", digits, clf_path)
+    whole = sf.train("lbt-gan-small", 0, cfg, tmp_path / "a", digits, clf_path, min_accuracy=0)
     restore = interrupt_step(sf.Run, 3)
     with pytest.raises(KeyboardInterrupt):
-        sf.train("lbt-gan-small", 0, cfg, tmp_path / "b", digits, clf_path)
+        sf.train("lbt-gan-small", 0, cfg, tmp_path / "b", digits, clf_path, min_accuracy=0)
     restore()
-    resumed = sf.train("lbt-gan-small", 0, cfg, tmp_path / "b", digits, clf_path)
+    resumed = sf.train("lbt-gan-small", 0, cfg, tmp_path / "b", digits, clf_path, min_accuracy=0)
     assert [h["step"] for h in resumed["history"]] == [2, 4]
     assert torch.equal(whole["grid"], resumed["grid"])
     assert whole["history"][-1]["counts"] == resumed["history"][-1]["counts"]

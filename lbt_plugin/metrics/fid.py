@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..files import load_tensors
 
-__all__ = ["FID_WEIGHTS_FILE", "fid", "save_images"]
+__all__ = ["FID_WEIGHTS_FILE", "FID_MAX_DIMS", "fid", "frechet_distance", "save_images"]
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 
@@ -40,7 +40,9 @@ def fid(source_a: str, source_b: str, *, weights: Optional[str] = None, dims: in
     dataset images are written as PNG files to a temporary folder first, so that pytorch-fid reads
     every source the same way. The value is ``pytorch_fid.fid_score.calculate_fid_given_paths``'s;
     between two ``.npz`` files it is
-    ``calculate_frechet_distance`` of their statistics, and no Inception weights are needed. The
+    ``calculate_frechet_distance`` of their statistics, and no Inception weights are needed. Every source's
+    statistics are checked first (:func:`frechet_distance`): finite, ``sigma`` a covariance matrix; a generator
+    that draws NaN or inf is refused by name. The
     FID Inception weights come from ``weights``, a path to that file, or from the torch hub cache
     (``$TORCH_HOME/hub/checkpoints/``), where they are downloaded once when missing; either way they
     are read as data (tensors only, sizes checked), never unpickled as pytorch-fid itself does.
@@ -48,7 +50,8 @@ def fid(source_a: str, source_b: str, *, weights: Optional[str] = None, dims: in
     import tempfile
     from pathlib import Path
 
-    from pytorch_fid.fid_score import calculate_fid_given_paths, calculate_frechet_distance
+    from pytorch_fid.fid_score import compute_statistics_of_path
+    from pytorch_fid.inception import InceptionV3
 
     if weights is not None and not Path(weights).is_file():
         raise FileNotFoundError(f"no FID Inception weights at {weights}")
@@ -57,12 +60,24 @@ def fid(source_a: str, source_b: str, *, weights: Optional[str] = None, dims: in
         if mu1.shape != mu2.shape:
             raise ValueError(f"the two .npz files hold statistics of different dimensions ({mu1.shape[0]} and "
                              f"{mu2.shape[0]})")
-        return float(calculate_frechet_distance(mu1, s1, mu2, s2))
+        return frechet_distance(mu1, s1, mu2, s2, (source_a, source_b))
     weights_path = Path(weights) if weights is not None else Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_FILE
     with tempfile.TemporaryDirectory() as tmp, _fid_weights_as_data(weights_path, download=weights is None):
         paths = [_fid_source(s, Path(tmp) / f"source{i}", num_samples, data_root, device, generator_loader, dims,
                              latent_shape) for i, s in enumerate((source_a, source_b))]
-        return float(calculate_fid_given_paths(paths, batch_size, device, dims, num_workers))
+        # calculate_fid_given_paths's steps, with each source's statistics checked before the distance
+        model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[dims]]).to(device)
+        stats = []
+        for source, path in zip((source_a, source_b), paths):
+            if path.endswith(".npz"):
+                stats.append(_npz_stats(path))
+                continue
+            mu, sigma = compute_statistics_of_path(path, model, batch_size, dims, device, num_workers)
+            _check_stats(mu, sigma, f"the Inception activations of {source}",
+                         "check the FID weights (--weights) and the images")
+            stats.append((mu, sigma))
+        (mu1, s1), (mu2, s2) = stats
+        return frechet_distance(mu1, s1, mu2, s2, (source_a, source_b))
 
 
 #: The FID Inception weights file is about 91 MiB; anything much larger is not it (and is not read).
@@ -135,29 +150,142 @@ def _fid_weights_as_data(path: "Path", download: bool) -> Iterator[None]:
         inception.load_state_dict_from_url = original
 
 
-def _npz_stats(source: str) -> Tuple[Any, Any]:
-    """``mu [d]`` and ``sigma [d, d]`` of a ``.npz`` file, validated (no pickled objects are loaded)."""
+#: The largest feature dimension of FID statistics read from a ``.npz`` (Inception's features have at most 2048):
+#: a header that declares more is refused before anything is allocated (a 4096 x 4096 float64 sigma is 128 MiB).
+FID_MAX_DIMS = 4096
+
+#: ``sigma`` must equal its transpose within this fraction of its largest entry: a covariance computed and stored
+#: in float32 is symmetric to about 1e-7 of it (its rounding); a matrix that is not a covariance is off by O(1).
+SYMMETRY_RTOL = 1e-5
+
+#: ``sigma``'s smallest eigenvalue may be negative down to this fraction of its largest: a covariance of fewer
+#: samples than features is singular, and rounding leaves eigenvalues of about ``d * eps`` (float32 storage, d =
+#: 2048: 1.2e-4 at worst, about 3e-6 typically) on either side of 0. A matrix that is not a covariance has
+#: eigenvalues negative by a sizeable fraction of its scale.
+PSD_RTOL = 1e-4
+
+
+class _Refused(ValueError):
+    pass
+
+
+def _npy_member(archive: Any, name: str, source: str) -> Tuple[Tuple[int, ...], Any]:
+    """The shape and dtype of the ``.npy`` member ``name`` of an open ``zipfile.ZipFile``, from its header only."""
+    import numpy as np
+
+    with archive.open(name) as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+        else:
+            raise _Refused(f"cannot read {source} as FID statistics: {name} is in .npy format {version}, not 1.0 "
+                           "or 2.0; save it with numpy.savez")
+    return shape, dtype
+
+
+def _npz_stats(source: str, max_dims: int = FID_MAX_DIMS) -> Tuple[Any, Any]:
+    """``mu [d]`` and ``sigma [d, d]`` of a ``.npz`` file, validated before and after reading.
+
+    The file is a regular file of bounded size (:func:`lbt_plugin.files.open_regular`); the shapes and dtypes of
+    ``mu.npy`` and ``sigma.npy`` are read from their ``.npy`` headers first (float, ``mu`` a vector of ``d <=
+    max_dims``, ``sigma [d, d]``), so that no more than ``8 (d + d^2)`` bytes are allocated; then the arrays are
+    read with ``allow_pickle=False`` and checked by :func:`_check_stats` (finite, ``sigma`` a covariance).
+    """
     import zipfile
 
     import numpy as np
 
-    try:
-        with np.load(source, allow_pickle=False) as f:
-            missing = {"mu", "sigma"} - set(f.files)
-            if missing:
-                raise ValueError(f"it lacks {sorted(missing)}")
-            mu, sigma = f["mu"][:], f["sigma"][:]
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no such .npz file: {source}") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"cannot read {source} as FID statistics (an .npz with mu [d] and sigma [d, d]): "
-                         f"{exc}") from None
-    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]) or mu.dtype.kind != "f" or sigma.dtype.kind != "f":
-        raise ValueError(f"{source}: mu must be a float vector [d] and sigma a float matrix [d, d]; got shapes "
-                         f"{mu.shape} and {sigma.shape}")
-    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
-        raise ValueError(f"{source}: the statistics contain NaN or inf")
+    from ..files import open_regular
+
+    head = f"cannot read {source} as FID statistics (an .npz with float mu [d] and sigma [d, d], d <= {max_dims})"
+    with open_regular(source, "FID statistics file", 8 * (max_dims + max_dims**2) + 2**20) as f:
+        try:
+            with zipfile.ZipFile(f) as archive:
+                names = set(archive.namelist())
+                missing = [k for k in ("mu", "sigma") if f"{k}.npy" not in names]
+                if missing:
+                    raise _Refused(f"{head}: it lacks {missing}; save it as numpy.savez(path, mu=mu, sigma=sigma)")
+                (mu_shape, mu_dtype), (s_shape, s_dtype) = (_npy_member(archive, f"{k}.npy", source)
+                                                            for k in ("mu", "sigma"))
+                for key, dtype in (("mu", mu_dtype), ("sigma", s_dtype)):
+                    if dtype.kind != "f":
+                        raise _Refused(f"{head}: {key} has dtype {dtype}, not a float dtype (a dtype error); save "
+                                       "the statistics as float64 arrays")
+                if len(mu_shape) != 1:
+                    raise _Refused(f"{head}: mu has shape {mu_shape}, not a vector [d]; save mu as the mean "
+                                   "feature vector")
+                d = mu_shape[0]
+                if not 1 <= d <= max_dims:
+                    raise _Refused(f"{head}: mu has {d} features, outside [1, {max_dims}] (FID_MAX_DIMS); not read")
+                if s_shape != (d, d):
+                    raise _Refused(f"{head}: sigma has shape {s_shape}, not [{d}, {d}] to match mu [{d}]")
+                arrays = []
+                for key in ("mu", "sigma"):
+                    with archive.open(f"{key}.npy") as member:
+                        arrays.append(np.lib.format.read_array(member, allow_pickle=False))
+        except _Refused:
+            raise
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{head}: {type(exc).__name__}: {exc}; save it with numpy.savez") from None
+    mu, sigma = arrays
+    _check_stats(mu, sigma, source, "recompute the statistics (pytorch-fid --save-stats)")
     return mu, sigma
+
+
+def _check_stats(mu: Any, sigma: Any, where: str, fix: str) -> None:
+    """``mu [d]`` and ``sigma [d, d]`` are finite, and ``sigma`` is a covariance matrix: symmetric within
+    :data:`SYMMETRY_RTOL`, positive semi-definite within :data:`PSD_RTOL`; else a ``ValueError`` naming ``where``."""
+    import numpy as np
+
+    mu, sigma = np.asarray(mu), np.asarray(sigma)
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise ValueError(f"{where}: mu must be a vector [d] and sigma a matrix [d, d]; got shapes {mu.shape} and "
+                         f"{sigma.shape}; {fix}")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ValueError(f"{where}: the statistics contain NaN or inf; {fix}")
+    s = sigma.astype(np.float64)
+    scale = float(np.abs(s).max())
+    asymmetry = float(np.abs(s - s.T).max())
+    if asymmetry > SYMMETRY_RTOL * scale:
+        raise ValueError(f"{where}: sigma is not symmetric (max |sigma - sigma.T| = {asymmetry:.3g}, "
+                         f"{asymmetry / scale:.2g} of its largest entry, above {SYMMETRY_RTOL}): not a covariance "
+                         f"matrix; {fix}")
+    eig = np.linalg.eigvalsh(s)
+    if eig[0] < -PSD_RTOL * max(float(eig[-1]), 0.0):
+        raise ValueError(f"{where}: sigma is not a covariance matrix: its smallest eigenvalue is {eig[0]:.3g} "
+                         f"(largest {eig[-1]:.3g}), not positive semi-definite; {fix}")
+
+
+def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, names: Sequence[str] = ("a", "b")) -> float:
+    """pytorch-fid's ``calculate_frechet_distance`` of two checked sets of statistics (see :func:`_check_stats`),
+    never negative, never NaN.
+
+    FID is ``|mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrtm(sigma1 sigma2))``: a difference of terms of size
+    ``scale = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2)``. ``sqrtm`` of a (near-)singular product turns rounding
+    of its zero eigenvalues (``eps``) into errors of ``sqrt(eps)`` each: a computed FID may be negative by up to
+    about ``d * sqrt(eps) * scale`` when the true one is 0, and is returned as 0 there; below that it is an error.
+    ``names`` name the two sources in errors.
+    """
+    import numpy as np
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    for (mu, sigma), name in zip(((mu1, sigma1), (mu2, sigma2)), names):
+        _check_stats(mu, sigma, name, "recompute its statistics")
+    try:
+        value = float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
+    except ValueError as exc:  # "Imaginary component ...": sqrtm(sigma1 sigma2) is far from real
+        raise ValueError(f"the FID of {names[0]} and {names[1]} cannot be computed: sqrtm(sigma1 sigma2) is not real "
+                         f"({exc}); one of the sigmas is not a covariance matrix of these features") from None
+    diff = np.asarray(mu1, dtype=np.float64) - np.asarray(mu2, dtype=np.float64)
+    scale = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2))
+    tolerance = len(diff) * float(np.sqrt(np.finfo(np.float64).eps)) * scale
+    if not np.isfinite(value) or value < -tolerance:
+        raise ValueError(f"the FID of {names[0]} and {names[1]} came out as {value:.6g} (its terms are of size "
+                         f"{scale:.3g}; rounding explains at most -{tolerance:.2g}): their statistics are not "
+                         "those of a distribution; recompute them")
+    return max(value, 0.0)
 
 
 def _fid_source(source: str, folder, num_samples: int, data_root: Optional[str], device: str,
@@ -235,6 +363,10 @@ def _draw_images(G: nn.Module, n: int, device: str, latent_shape: Optional[Seque
                 raise ValueError(f"from z of shape {tuple(z.shape)} ({where}) the generator returned "
                                  f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}, not images "
                                  f"[{len(z)}, 1 or 3, H, W]; pass its --latent-shape if that is the cause")
+            if not torch.isfinite(x).all():
+                raise ValueError(f"the generator drew NaN or inf in its images (samples {i} to {i + len(z) - 1}): "
+                                 "it has diverged or its checkpoint holds NaN weights; FID of such images means "
+                                 "nothing; use a checkpoint from before it diverged")
             images.append(x.cpu())
     return torch.cat(images)
 
