@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import filecmp
 import gc
 import math
 import os
@@ -238,8 +239,8 @@ def claimed_output(out: Path, resume: Optional[Path], overwrite: bool) -> Iterat
     that no work can be lost to ``out``: that it can be created and written (a probe file is written and
     removed), that no other run writes into it (a lock file holding this process's id, removed when the block
     ends, also on an error; one left by a process that is gone is taken over) and that a checkpoint in it is
-    not replaced, unless it is the one resumed or ``overwrite`` is set. Yields the checkpoint's path. Under
-    torchrun only rank 0 writes, so the other ranks check nothing here."""
+    not replaced, unless it is the one resumed (or a copy of it) or ``overwrite`` is set. Yields the checkpoint's
+    path. Under torchrun only rank 0 writes, so the other ranks check nothing here."""
     checkpoint = out / "checkpoint.pt"
     if int(os.environ.get("RANK", "0")) != 0:
         yield checkpoint
@@ -248,7 +249,8 @@ def claimed_output(out: Path, resume: Optional[Path], overwrite: bool) -> Iterat
     lock = out / LOCK_NAME
     _take_lock(lock)
     try:
-        resumed = resume is not None and resume.resolve() == checkpoint.resolve()
+        resumed = resume is not None and resume.is_file() and checkpoint.is_file() and (
+            resume.resolve() == checkpoint.resolve() or filecmp.cmp(resume, checkpoint, shallow=False))
         if checkpoint.exists() and not resumed and not overwrite:
             raise FileExistsError(f"--out {out} holds the checkpoint of an earlier run ({checkpoint}), which this "
                                   f"run would replace: continue it with --resume {checkpoint} and a larger --steps, "

@@ -38,8 +38,8 @@ def _shape(text: Optional[str], flag: str = "--data-shape") -> Optional[Tuple[in
     for s in shape:
         numel *= s
     if numel > MAX_SAMPLE_NUMEL:
-        raise click.BadParameter(f"{flag} {text} is {numel} numbers per sample; at most {MAX_SAMPLE_NUMEL} (e.g. 3,1024,"
-                                 "1024) are allowed: check the shape")
+        raise click.BadParameter(f"{flag} {text} is {numel} numbers per sample; at most {MAX_SAMPLE_NUMEL} "
+                                 "(e.g. 3,1024,1024) are allowed: check the shape")
     return shape
 
 

@@ -128,7 +128,8 @@ def _set(path):
 
 FIELDS = [  # (where, the damaged value from the good state, what the error names)
     (("fixed_noise",), lambda s: torch.randn(64, 5, 1, 1), r"fixed_noise is a torch.float32 tensor of shape \(64, 5"),
-    (("netG", "main.0.weight"), lambda s: s["netG"]["main.0.weight"] * float("nan"), r"netG\['main.0.weight'\] holds NaN"),
+    (("netG", "main.0.weight"), lambda s: s["netG"]["main.0.weight"] * float("nan"),
+     r"netG\['main.0.weight'\] holds NaN"),
     (("netG", "main.0.weight"), lambda s: s["netG"]["main.0.weight"].double(), "torch.float64 tensor"),
     (("netD", "main.0.weight"), lambda s: s["netD"]["main.0.weight"][:2], r"netD\['main.0.weight'\] .*shape \(2,"),
     (("rng",), lambda s: s["rng"][:100], r"rng is a torch.uint8 tensor of shape \(100,\)"),
@@ -145,7 +146,8 @@ FIELDS = [  # (where, the damaged value from the good state, what the error name
     (("optD", "state", 0, "step"), lambda s: torch.tensor(float("nan")), r"optD state\[0\]\['step'\] must be"),
     (("lbt", "estimator", "encoder.0.weight"), lambda s: s["lbt"]["estimator"]["encoder.0.weight"] * float("inf"),
      r"lbt\['estimator'\]\['encoder.0.weight'\] holds NaN"),
-    (("lbt", "optimizer", "param_groups", 0, "lr"), lambda s: float("nan"), r"lbt\['optimizer'\] param group 0: lr=nan"),
+    (("lbt", "optimizer", "param_groups", 0, "lr"), lambda s: float("nan"),
+     r"lbt\['optimizer'\] param group 0: lr=nan"),
 ]
 
 
@@ -154,7 +156,8 @@ def good_checkpoint(digits, tmp_path_factory):
     return _run(digits, tmp_path_factory.mktemp("good"), "--steps", "2")
 
 
-@pytest.mark.parametrize("path, damage, message", FIELDS, ids=[f"{'.'.join(map(str, p))}:{m[:24]}" for p, _, m in FIELDS])
+@pytest.mark.parametrize("path, damage, message", FIELDS,
+                         ids=[f"{'.'.join(map(str, p))}:{m[:24]}" for p, _, m in FIELDS])
 def test_a_damaged_checkpoint_field_is_named_and_nothing_is_loaded(digits, tmp_path, good_checkpoint, path, damage,
                                                                  message):
     state = torch.load(good_checkpoint, weights_only=True)
@@ -275,3 +278,13 @@ def test_a_data_root_that_is_missing_or_a_file_names_the_flag(dataset, tmp_path)
     if dataset == "folder":
         with pytest.raises(FileNotFoundError, match="--dataset folder needs --data-root"):
             dcgan_support.load_dataset(dataset, None, 8)
+
+
+def test_resuming_a_copy_of_the_checkpoint_in_out_replaces_nothing_of_value(digits, tmp_path):
+    ckpt = _run(digits, tmp_path / "a", "--steps", "2")
+    copy_ = tmp_path / "copy.pt"
+    copy_.write_bytes(ckpt.read_bytes())
+    assert torch.load(_run(digits, tmp_path / "a", "--steps", "3", "--resume", str(copy_)),
+                      weights_only=True)["step"] == 3
+    with pytest.raises(FileExistsError, match="--overwrite"):  # the copy is now another step's checkpoint
+        _run(digits, tmp_path / "a", "--steps", "4", "--resume", str(copy_))
