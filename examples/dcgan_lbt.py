@@ -55,6 +55,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--sample-every', type=int, default=100)
     parser.add_argument('--checkpoint-every', type=int, default=100)
     parser.add_argument('--resume', type=Path, default=None, help='checkpoint to continue from (exactly)')
+    parser.add_argument('--overwrite', action='store_true', help='replace the checkpoint of an earlier run in --out')
     parser.add_argument('--tensorboard', action='store_true', help='log losses to OUT/tb (needs tensorboard)')
     parser.add_argument('--lbt-weight', type=float, default=1.0,  # LBT
                         help='size of the LBT gradient relative to the GAN loss\'s (--lbt-only: the loss\'s '  # LBT
@@ -68,8 +69,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--est-width', type=int, default=32, help='ConvVAE base channels')  # LBT
     parser.add_argument('--warmup', type=int, default=0, help='GAN-only steps before the LBT term')  # LBT
     opt = parser.parse_args(argv)
-    if opt.image_size % 4 or opt.image_size < 8:
-        parser.error(f'--image-size must be a multiple of 4 (>= 8) for this architecture, got {opt.image_size}')
+    if opt.image_size % 4 or not 8 <= opt.image_size <= 1024:
+        parser.error(f'--image-size must be a multiple of 4 in [8, 1024] for this architecture, got {opt.image_size}')
+    support.check_ranges(parser, opt, {'nz': (1, 4096), 'ngf': (1, 4096), 'ndf': (1, 4096), 'lr': (0, None),
+                                       'beta1': (0, 0.999), 'seed': (0, 2**32 - 1)})
+    support.check_ranges(parser, opt, {'est_latent': (1, 4096), 'est_width': (1, 4096), 'est_lr': (0, None),  # LBT
+                                       'lbt_weight': (0, None), 'teach_steps': (0, None), 'warmup': (0, None)})  # LBT
+    try:
+        support.check_device(opt.device)
+    except ValueError as exc:
+        parser.error(str(exc))
     for name in ('steps', 'batch_size', 'sample_every', 'checkpoint_every'):
         if getattr(opt, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -138,7 +147,15 @@ def load_generator(state: Dict[str, Any]) -> Generator:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Path:
+    """Train with the flags ``argv`` (default: the command line); returns the checkpoint's path. Before anything
+    trains, --out is checked: writable, not in use by another run (a lock), no earlier checkpoint replaced."""
     opt = parse_args(argv)
+    with support.claimed_output(opt.out, opt.resume, opt.overwrite):
+        return train(opt)
+
+
+def train(opt: argparse.Namespace) -> Path:
+    """The run itself (pytorch/examples' main.py from the seed on); returns the checkpoint's path."""
     rank, world, device = support.setup_distributed(opt.device, opt.batch_size)
     random.seed(opt.seed)
     torch.manual_seed(opt.seed)  # the same on every rank: the same weights, fixed noise and global batches
@@ -179,7 +196,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     G = netG  # samples are drawn from the module itself, not from its DDP wrapper
     netG, netD = support.distribute(netG, netD, device)  # under torchrun: DistributedDataParallel
     writer = support.tensorboard_writer(opt.out / 'tb') if opt.tensorboard and rank == 0 else None
-    opt.out.mkdir(parents=True, exist_ok=True)
     checkpoint = opt.out / 'checkpoint.pt'
 
     for step in range(start, opt.steps):
@@ -225,21 +241,23 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
         optimizerG.step()
 
         done = step + 1
+        losses = {'D': errD.item(), 'G': errG.item()}
+        losses['LBT'] = errLBT.item()  # LBT
+        support.stop_unless_finite(losses, done, opt)  # a diverged run stops before it writes anything
         msg = '[%d/%d] Loss_D: %.4f Loss_G: %.4f D(x): %.4f D(G(z)): %.4f / %.4f' % (
-            done, opt.steps, errD.item(), errG.item(), D_x, D_G_z1, D_G_z2)
-        msg += ' Loss_LBT: %.4f' % errLBT.item()  # LBT
+            done, opt.steps, losses['D'], losses['G'], D_x, D_G_z1, D_G_z2)
+        msg += ' Loss_LBT: %.4f' % losses['LBT']  # LBT
         if rank != 0:
             continue
         print(msg)
         if writer:
-            writer.add_scalars('loss', {'D': errD.item(), 'G': errG.item()}, step)
-            writer.add_scalars('loss', {'LBT': errLBT.item()}, step)  # LBT
+            writer.add_scalars('loss', losses, step)
+        if done % opt.checkpoint_every == 0 or done == opt.steps:
+            # do checkpointing (first: a failing sample write then loses no training)
+            support.save_checkpoint(checkpoint, done, opt, parts, fixed_noise, generator_kwargs, device)
         if done % opt.sample_every == 0 or done == opt.steps:
             vutils.save_image(support.generate(G, fixed_noise), opt.out / f'samples_{done:06d}.png',
                               normalize=True, value_range=(-1, 1))
-        if done % opt.checkpoint_every == 0 or done == opt.steps:
-            # do checkpointing
-            support.save_checkpoint(checkpoint, done, opt, parts, fixed_noise, generator_kwargs, device)
 
     if writer:
         writer.close()

@@ -8,10 +8,14 @@ atomically (:func:`lbt_plugin.files.save_atomic`) and read with ``torch.load(wei
 from __future__ import annotations
 
 import argparse
+import contextlib
+import filecmp
 import gc
+import math
 import os
+import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Type
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Type
 
 import torch
 from torch import Tensor, nn
@@ -26,37 +30,119 @@ DATASETS = (*IDX_DATASETS, "cifar10", "folder", *(f"stacked-{name}" for name in 
 #: Flags that define the models and the data: a checkpoint resumes only with the same values.
 ARCHITECTURE = ("dataset", "image_size", "nz", "ngf", "ndf", "lbt_only", "est_latent", "est_width")
 
+#: Flags a resumed run may change: how long, where and on what it runs, not what it trains. Every other flag
+#: must be the checkpoint's (a changed --lr would be ignored by the restored optimizers yet recorded as used).
+RESUMABLE = ("steps", "out", "resume", "overwrite", "sample_every", "checkpoint_every", "device", "tensorboard",
+             "data_root")
+
+#: The lock file in --out that keeps a second run from writing there at the same time.
+LOCK_NAME = ".dcgan_lbt.lock"
+
+
+# ----------------------------------------------------------------------------- flags and devices
+def check_device(name: str) -> torch.device:
+    """The device ``--device`` names, where this machine has it; a ``ValueError`` naming the fix otherwise."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a device: use cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise ValueError(f"--device {name!r}: this example runs on cpu or cuda (cuda:N), not {device.type}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device here (torch.cuda.is_available() is False); "
+                         "use --device cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
+def check_ranges(parser: argparse.ArgumentParser, opt: argparse.Namespace,
+                 limits: Dict[str, Tuple[float, Optional[float]]]) -> None:
+    """``parser.error`` (exit status 2) for a flag of ``limits`` that is not finite or outside ``[lo, hi]``
+    (``hi`` None: no upper bound)."""
+    for name, (lo, hi) in limits.items():
+        value = getattr(opt, name)
+        if not math.isfinite(value) or value < lo or (hi is not None and value > hi):
+            bound = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+            parser.error(f"--{name.replace('_', '-')} must be {bound}, got {value}")
+
 
 # ----------------------------------------------------------------------------- data
 def load_dataset(name: str, root: Optional[Path], image_size: int) -> Tensor:
-    """The whole training set as a float tensor ``[N, C, image_size, image_size]`` in [-1, 1]."""
+    """The whole training set as a float tensor ``[N, C, image_size, image_size]`` in [-1, 1]. The images must be
+    square and at least 8 pixels wide; they are resized (bilinear) to ``image_size``."""
     stacked = name.startswith("stacked-")
     base = name.removeprefix("stacked-")
+    if base not in (*IDX_DATASETS, "cifar10", "folder"):
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    _check_data_root(base, root)
     if base in IDX_DATASETS:
         images, _ = load_idx_dataset(base, root)
         x = images.float().div(255).unsqueeze(1)
-    elif base in ("cifar10", "folder"):
-        import torchvision.datasets as dsets
-        import torchvision.transforms as T
-
-        if base == "folder":
-            if root is None or not root.is_dir():
-                raise FileNotFoundError(f"--data-root must be a folder of images for --dataset folder, got {root}")
-            ds = dsets.ImageFolder(str(root), transform=T.Compose([T.Resize(image_size), T.CenterCrop(image_size),
-                                                                    T.ToTensor()]))
-        else:
-            ds = dsets.CIFAR10(str(root or "data"), train=True, download=root is None, transform=T.ToTensor())
-        if len(ds) == 0:
-            raise ValueError(f"no images under {root}")
-        x = torch.stack([ds[i][0] for i in range(len(ds))])
     else:
-        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+        x = _load_torchvision(base, root)
+    _check_images(x, name)
     if x.shape[-1] != image_size:
         x = nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
     x = x * 2 - 1
     if stacked:
         x = stack_channels(x)  # [N, 3, H, W]: three random images as the RGB channels
     return x
+
+
+def _check_data_root(base: str, root: Optional[Path]) -> None:
+    """``--data-root``, where given, must be an existing folder (``folder`` needs one)."""
+    if root is None:
+        if base == "folder":
+            raise FileNotFoundError("--dataset folder needs --data-root, a folder with one subfolder of images per "
+                                    "class (torchvision's ImageFolder)")
+        return
+    if not root.exists():
+        raise FileNotFoundError(f"--data-root {root} does not exist: give the folder that holds the --dataset "
+                                f"{base} files" + ("" if base == "folder" else ", or leave --data-root out to use "
+                                                   "the default places (and download there)"))
+    if not root.is_dir():
+        raise NotADirectoryError(f"--data-root {root} is a file: give the folder that holds the --dataset {base} "
+                                 "files")
+
+
+def _load_torchvision(base: str, root: Optional[Path]) -> Tensor:
+    """CIFAR-10 or an ImageFolder as a float tensor ``[N, C, H, W]`` in [0, 1], at the images' own size."""
+    import torchvision.datasets as dsets
+    import torchvision.transforms as T
+
+    if base == "folder":
+        ds = dsets.ImageFolder(str(root), transform=T.ToTensor())
+    else:
+        try:
+            ds = dsets.CIFAR10(str(root or "data"), train=True, download=root is None, transform=T.ToTensor())
+        except RuntimeError as exc:
+            raise FileNotFoundError(f"--dataset cifar10: no CIFAR-10 under --data-root {root} ({exc}); give the "
+                                    "folder that holds cifar-10-batches-py, or leave --data-root out to download "
+                                    "it into ./data") from None
+    if len(ds) == 0:
+        raise ValueError(f"no images under --data-root {root}")
+    images = [ds[i][0] for i in range(len(ds))]
+    sizes = sorted({tuple(x.shape) for x in images})
+    if len(sizes) > 1:
+        shown = ", ".join("x".join(map(str, s[1:])) + f" ({s[0]} channels)" for s in sizes[:3])
+        raise ValueError(f"the images under --data-root {root} are of {len(sizes)} sizes ({shown}, ...): give "
+                         "images of one size and one mode")
+    return torch.stack(images)
+
+
+def _check_images(x: Tensor, name: str) -> None:
+    """The images ``[N, C, H, W]`` must be square and at least 8 pixels wide: nothing is cropped or blown up."""
+    height, width = x.shape[-2:]
+    if height != width:
+        raise ValueError(f"--dataset {name}: the images are {height}x{width} (height x width); this example trains "
+                         "on square images: crop them to squares first")
+    if width < 8:
+        raise ValueError(f"--dataset {name}: the images are {height}x{width}, smaller than the 8x8 this example "
+                         "needs at least")
 
 
 def batch_indices(n: int, batch: int, step: int, seed: int) -> Tensor:
@@ -146,6 +232,104 @@ def tensorboard_writer(folder: Path) -> Any:
     return SummaryWriter(str(folder))
 
 
+# ----------------------------------------------------------------------------- the output folder
+@contextlib.contextmanager
+def claimed_output(out: Path, resume: Optional[Path], overwrite: bool) -> Iterator[Path]:
+    """``with claimed_output(opt.out, opt.resume, opt.overwrite) as checkpoint:`` checks, before anything trains,
+    that no work can be lost to ``out``: that it can be created and written (a probe file is written and
+    removed), that no other run writes into it (a lock file holding this process's id, removed when the block
+    ends, also on an error; one left by a process that is gone is taken over) and that a checkpoint in it is
+    not replaced, unless it is the one resumed (or a copy of it) or ``overwrite`` is set. Yields the checkpoint's
+    path. Under torchrun only rank 0 writes, so the other ranks check nothing here."""
+    checkpoint = out / "checkpoint.pt"
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield checkpoint
+        return
+    check_writable(out)
+    lock = out / LOCK_NAME
+    _take_lock(lock)
+    try:
+        resumed = resume is not None and resume.is_file() and checkpoint.is_file() and (
+            resume.resolve() == checkpoint.resolve() or filecmp.cmp(resume, checkpoint, shallow=False))
+        if checkpoint.exists() and not resumed and not overwrite:
+            raise FileExistsError(f"--out {out} holds the checkpoint of an earlier run ({checkpoint}), which this "
+                                  f"run would replace: continue it with --resume {checkpoint} and a larger --steps, "
+                                  "or pass --overwrite to replace it (or choose another --out)")
+        yield checkpoint
+    finally:
+        if _lock_owner(lock) == os.getpid():
+            lock.unlink(missing_ok=True)
+
+
+def check_writable(out: Path) -> None:
+    """Create ``out`` and write and remove a probe file in it; an ``OSError`` naming ``--out`` and the fix."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".probe", suffix=".tmp")
+        try:
+            os.write(fd, b"probe")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise OSError(exc.errno, f"--out {out} cannot hold this run's samples and checkpoint ({exc.strerror or exc}; "
+                      "nothing was trained): choose another --out, or make it a writable folder") from None
+
+
+def _take_lock(lock: Path) -> None:
+    """Create ``lock`` (``O_CREAT | O_EXCL``) holding this process's id; take over one whose process is gone."""
+    for attempt in (1, 2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            if owner is None:
+                raise FileExistsError(f"--out {lock.parent} is locked by {lock}, which names no process (a run "
+                                      f"starting there?): if no run writes into {lock.parent}, remove {lock}") from None
+            if _alive(owner) or attempt == 2:
+                raise FileExistsError(f"--out {lock.parent} is in use by another run (process {owner}, lock file "
+                                      f"{lock}): wait for it to end or stop it, or choose another --out; if process "
+                                      f"{owner} is not a dcgan_lbt.py run, remove {lock}") from None
+            lock.unlink(missing_ok=True)  # left by a run that is gone (killed): take it over
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return
+
+
+def _lock_owner(lock: Path) -> Optional[int]:
+    """The process id in ``lock``; None where it is missing, empty or not a process id."""
+    try:
+        text = lock.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def stop_unless_finite(losses: Dict[str, float], step: int, opt: argparse.Namespace) -> None:
+    """A ``FloatingPointError`` naming the step, the loss and the fix where a loss is NaN or infinite: a run that
+    has diverged stops before it writes anything, so its checkpoint keeps the last good step."""
+    bad = {name: value for name, value in losses.items() if not math.isfinite(value)}
+    if bad:
+        which = ", ".join(f"Loss_{name} = {value}" for name, value in bad.items())
+        raise FloatingPointError(f"step {step}: {which}: the training diverged; nothing of it was saved, and "
+                                 f"{opt.out / 'checkpoint.pt'} (if written) holds the last good step. Start again "
+                                 f"with a lower --lr (now {opt.lr}) and --overwrite, or from another checkpoint")
+
+
 # ----------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path: Path, step: int, opt: argparse.Namespace, parts: Dict[str, Any], fixed_noise: Tensor,
                     generator_kwargs: Dict[str, int], device: torch.device) -> None:
@@ -157,7 +341,24 @@ def save_checkpoint(path: Path, step: int, opt: argparse.Namespace, parts: Dict[
              "generator_kwargs": dict(generator_kwargs)}
     if device.type == "cuda":
         state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    bad = _first_nonfinite({name: state[name] for name in parts}, "")
+    if bad:
+        raise FloatingPointError(f"not writing the checkpoint of step {step}: {bad} holds NaN or inf (the training "
+                                 f"diverged); {path} keeps the last good step. Start again with a lower --lr "
+                                 f"(now {opt.lr}) and --overwrite")
     save_atomic(state, path)
+
+
+def _first_nonfinite(obj: Any, where: str) -> Optional[str]:
+    """Where in nested dicts, lists and tuples the first floating-point tensor with NaN or inf is; else None."""
+    if isinstance(obj, Tensor):
+        return where if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = _first_nonfinite(value, f"{where}[{key!r}]")
+        if found:
+            return found
+    return None
 
 
 def load_checkpoint(path: Path) -> Dict[str, Any]:
@@ -183,9 +384,16 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
 def resume(path: Path, opt: argparse.Namespace, parts: Dict[str, Any], device: torch.device) -> Tuple[int, Tensor]:
     """Restore ``parts`` (anything with ``load_state_dict``, by the names they were saved under), the random
     number generators and the fixed noise from the checkpoint at ``path``, after refusing, with the flag to
-    change, one that this run cannot continue. Returns the checkpoint's step and its fixed noise on ``device``."""
+    change, one that this run cannot continue, and checking every field against this run's models and
+    optimizers: nothing is loaded unless all of it fits. Returns the checkpoint's step and its fixed noise on
+    ``device``."""
     state = load_checkpoint(path)
     _check_resume(state, opt, parts, path)
+    try:
+        _check_fields(state, opt, parts, device)
+    except ValueError as exc:
+        raise ValueError(f"--resume {path}: {exc}; it is damaged or not a checkpoint of this run. Nothing was "
+                         "loaded or written") from None
     for name, part in parts.items():
         part.load_state_dict(state[name])
     torch.set_rng_state(state["rng"])
@@ -210,6 +418,119 @@ def _check_resume(state: Dict[str, Any], opt: argparse.Namespace, parts: Dict[st
     if opt.steps <= state["step"]:
         raise ValueError(f"--resume {path}: the checkpoint is at step {state['step']} and --steps {opt.steps} is "
                          f"the total number of steps; pass --steps larger than {state['step']} to train on")
+    now = {k: str(v) if isinstance(v, Path) else v for k, v in vars(opt).items()}
+    differ = [f"--{k.replace('_', '-')} {saved[k]!r} (now {now[k]!r})"
+              for k in now if k not in RESUMABLE and k in saved and saved[k] != now[k]]
+    if differ:
+        raise ValueError(f"--resume {path}: the checkpoint's run was trained with other flags: {', '.join(differ)}. "
+                         "A resumed run continues that run, so only --steps, --out, --data-root, --device, "
+                         "--sample-every, --checkpoint-every and --tensorboard may change: resume with the "
+                         "checkpoint's values, or start a new run with the new ones (another --out, or --overwrite)")
+
+
+def _check_fields(state: Dict[str, Any], opt: argparse.Namespace, parts: Dict[str, Any],
+                  device: torch.device) -> None:
+    """``ValueError`` naming the first field of ``state`` that does not fit this run: each part's tensors (names,
+    shapes, dtypes, finite values) and optimizer settings and state, the random number generators' states and
+    the fixed noise. Changes nothing."""
+    for name, part in parts.items():
+        if isinstance(part, torch.optim.Optimizer):
+            _check_optimizer(name, part, state[name])
+        elif isinstance(part, nn.Module):
+            _check_tensors(name, part.state_dict(), state[name])
+        elif hasattr(part, "estimator") and hasattr(part, "optimizer"):  # LBTLoss: the estimator and its optimizer
+            if not isinstance(state[name], dict) or set(state[name]) != {"estimator", "optimizer"}:
+                raise ValueError(f"{name} must hold 'estimator' and 'optimizer'")
+            _check_tensors(f"{name}['estimator']", part.estimator.state_dict(), state[name]["estimator"])
+            _check_optimizer(f"{name}['optimizer']", part.optimizer, state[name]["optimizer"])
+        else:
+            raise TypeError(f"no check for a part {name} of type {type(part).__name__}")
+    _check_tensor("rng", state["rng"], torch.get_rng_state().shape, torch.uint8)
+    if "cuda_rng" in state:
+        cuda_rng = state["cuda_rng"]
+        if not isinstance(cuda_rng, Tensor) or cuda_rng.dtype != torch.uint8 or cuda_rng.dim() != 1:
+            raise ValueError("cuda_rng must be a 1-D uint8 tensor (torch.cuda.get_rng_state())")
+        if device.type == "cuda":
+            _check_tensor("cuda_rng", cuda_rng, torch.cuda.get_rng_state(device).shape, torch.uint8)
+    _check_tensor("fixed_noise", state["fixed_noise"], (64, opt.nz, 1, 1), torch.get_default_dtype())
+
+
+def _check_tensor(where: str, value: Any, shape: Tuple[int, ...], dtype: torch.dtype) -> None:
+    """``value`` is a tensor of ``shape`` and ``dtype``, finite where it is floating-point."""
+    if not isinstance(value, Tensor):
+        raise ValueError(f"{where} must be a tensor, got {type(value).__name__}")
+    if tuple(value.shape) != tuple(shape) or value.dtype != dtype:
+        raise ValueError(f"{where} is a {value.dtype} tensor of shape {tuple(value.shape)}; this run needs "
+                         f"{dtype} of shape {tuple(shape)}")
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{where} holds NaN or inf")
+
+
+def _check_tensors(where: str, expected: Dict[str, Tensor], saved: Any) -> None:
+    """``saved`` is a state dict with exactly ``expected``'s names, each tensor of the same shape and dtype."""
+    if not isinstance(saved, dict):
+        raise ValueError(f"{where} must be a state dict, got {type(saved).__name__}")
+    missing, extra = set(expected) - set(saved), set(saved) - set(expected)
+    if missing or extra:
+        raise ValueError(f"{where} does not fit this run's model: missing {sorted(map(repr, missing))}, "
+                         f"unexpected {sorted(map(repr, extra))}")
+    for key, ref in expected.items():
+        _check_tensor(f"{where}[{key!r}]", saved[key], ref.shape, ref.dtype)
+
+
+#: Optimizer settings that must be finite and >= 0, and those that must lie in [0, 1).
+_NON_NEGATIVE = ("lr", "eps", "weight_decay", "momentum", "dampening", "alpha")
+_BETAS = ("betas",)
+#: Optimizer state that must be >= 0 (the second moments: their square root is taken).
+_SQUARES = ("exp_avg_sq", "max_exp_avg_sq", "square_avg")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_optimizer(where: str, optimizer: torch.optim.Optimizer, saved: Any) -> None:
+    """``saved`` is a state dict of ``optimizer``: its groups' settings finite, in their domain and the ones this
+    run's flags give, and a state of the parameters' shapes and dtypes, finite."""
+    if not (isinstance(saved, dict) and isinstance(saved.get("state"), dict)
+            and isinstance(saved.get("param_groups"), list)):
+        raise ValueError(f"{where} must be an optimizer state dict ('state' and 'param_groups')")
+    groups = optimizer.param_groups
+    if len(saved["param_groups"]) != len(groups):
+        raise ValueError(f"{where} has {len(saved['param_groups'])} param groups, this run's optimizer {len(groups)}")
+    params: Dict[Any, Tensor] = {}
+    for i, (group, ref) in enumerate(zip(saved["param_groups"], groups)):
+        if not isinstance(group, dict) or set(group) != set(ref):
+            raise ValueError(f"{where} param group {i} does not have the settings of {type(optimizer).__name__}")
+        for key in _NON_NEGATIVE:
+            if key in group and not (_number(group[key]) and group[key] >= 0):
+                raise ValueError(f"{where} param group {i}: {key}={group[key]!r}, must be a finite number >= 0")
+        for key in _BETAS:
+            value = group.get(key, (0, 0))
+            if not (isinstance(value, (tuple, list)) and len(value) == 2
+                    and all(_number(b) and 0 <= b < 1 for b in value)):
+                raise ValueError(f"{where} param group {i}: {key}={value!r}, must be two numbers in [0, 1)")
+        differ = [f"{k}={group[k]!r} (flags give {ref[k]!r})" for k in ref if k != "params" and group[k] != ref[k]]
+        if differ:
+            raise ValueError(f"{where} param group {i} has {', '.join(differ)}")
+        ids = group["params"]
+        if not isinstance(ids, list) or len(ids) != len(ref["params"]) or not all(
+                isinstance(p, int) and not isinstance(p, bool) for p in ids):
+            raise ValueError(f"{where} param group {i} must list {len(ref['params'])} parameter ids")
+        params.update(zip(ids, ref["params"]))
+    for pid, entry in saved["state"].items():
+        if pid not in params or not isinstance(entry, dict):
+            raise ValueError(f"{where} holds state for parameter {pid!r}, which none of its groups lists")
+        for key, value in entry.items():
+            at = f"{where} state[{pid!r}][{key!r}]"
+            if key == "step":
+                step = value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
+                if not (_number(step) and step >= 0):
+                    raise ValueError(f"{at} must be a finite number >= 0, got {value!r}")
+                continue
+            _check_tensor(at, value, params[pid].shape, params[pid].dtype)
+            if key in _SQUARES and bool((value < 0).any()):
+                raise ValueError(f"{at} holds negative values (it is a mean of squares)")
 
 
 def _int_in(value: Any, lo: int, hi: Optional[int]) -> bool:

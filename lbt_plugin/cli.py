@@ -19,7 +19,13 @@ def load_object(spec: str) -> Any:
         raise click.BadParameter(str(exc)) from None
 
 
-def _shape(text: Optional[str]) -> Optional[Tuple[int, ...]]:
+#: The most numbers one data sample or latent vector may hold (64 MiB in float32): a typo such as
+#: ``100000,100000`` is a usage error, not an allocation that takes the machine's memory.
+MAX_SAMPLE_NUMEL = 2**24
+
+
+def _shape(text: Optional[str], flag: str = "--data-shape") -> Optional[Tuple[int, ...]]:
+    """``"1,28,28"`` (or ``1x28x28``) as a tuple of positive sizes of at most :data:`MAX_SAMPLE_NUMEL` numbers."""
     if text is None:
         return None
     try:
@@ -28,7 +34,60 @@ def _shape(text: Optional[str]) -> Optional[Tuple[int, ...]]:
         raise click.BadParameter(f"a shape is integers separated by commas, like 1,28,28; got {text!r}") from None
     if not shape or any(s < 1 for s in shape):
         raise click.BadParameter(f"a shape needs positive sizes, got {text!r}")
+    numel = 1
+    for s in shape:
+        numel *= s
+    if numel > MAX_SAMPLE_NUMEL:
+        raise click.BadParameter(f"{flag} {text} is {numel} numbers per sample; at most {MAX_SAMPLE_NUMEL} "
+                                 "(e.g. 3,1024,1024) are allowed: check the shape")
     return shape
+
+
+def _check_batch(batch_size: int, shape: Tuple[int, ...]) -> None:
+    """A usage error where one batch of ``shape`` would hold more than 2**28 numbers (1 GiB in float32)."""
+    numel = batch_size
+    for s in shape:
+        numel *= s
+    if numel > 2**28:
+        raise click.UsageError(f"--batch-size {batch_size} of samples of shape {','.join(map(str, shape))} is "
+                               f"{numel} numbers, more than 2**28: lower --batch-size or check --data-shape")
+
+
+def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``--device``: cpu, cuda or cuda:N, where this machine has it; a usage error naming the fix otherwise."""
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise click.BadParameter(f"{value!r} is not a device: use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise click.BadParameter(f"{value!r}: use cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter(f"{value}: no CUDA device here (torch.cuda.is_available() is False); use cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise click.BadParameter(f"{value}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return value
+
+
+def _optimizer_factory(spec: str) -> Callable[[Any], Any]:
+    """The optimizer factory named by ``spec``, checked: callable, and what it returns must be a
+    ``torch.optim.Optimizer`` (a ``TypeError`` naming the factory otherwise, never a silent default)."""
+    factory = load_object(spec)
+    if not callable(factory):
+        raise click.BadParameter(f"{spec} is a {type(factory).__name__}, not a factory (a function taking the "
+                                 "estimator and returning its torch.optim optimizer)")
+
+    def build(estimator: Any) -> Any:
+        import torch
+
+        optimizer = factory(estimator)
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"the optimizer factory {spec} returned {type(optimizer).__name__}; it must take the "
+                            "estimator and return a torch.optim optimizer over its parameters")
+        return optimizer
+
+    return build
 
 
 def _module_factory(spec: str, role: str) -> Callable[[], Any]:
@@ -92,7 +151,7 @@ def main() -> None:
               help="Backends to check (repeatable); higher is skipped, with a warning, where it cannot patch the "
                    "estimator.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=2))
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--device", default="cpu", show_default=True, callback=_device, help="cpu, cuda, cuda:1, ...")
 @click.option("--seed", default=0, show_default=True, type=int)
 def check(estimator_spec, generator_spec, optimizer_spec, data_shape, latent_shape, ks, backends,
           batch_size, device, seed) -> None:
@@ -107,10 +166,12 @@ def check(estimator_spec, generator_spec, optimizer_spec, data_shape, latent_sha
     from .check import format_table, run_checks
 
     estimator_factory, generator_factory, shape = _models(estimator_spec, generator_spec, data_shape, hidden=16)
+    _check_batch(batch_size, shape)
     optimizers = None
     if optimizer_spec:
-        optimizers = {optimizer_spec.rpartition(":")[2]: load_object(optimizer_spec)}
-    rows = run_checks(estimator_factory, generator_factory, shape, _shape(latent_shape), ks=tuple(sorted(set(ks))),
+        optimizers = {optimizer_spec.rpartition(":")[2]: _optimizer_factory(optimizer_spec)}
+    rows = run_checks(estimator_factory, generator_factory, shape, _shape(latent_shape, "--latent-shape"),
+                      ks=tuple(sorted(set(ks))),
                       optimizers=optimizers, backends=tuple(dict.fromkeys(backends)), batch_size=batch_size,
                       seed=seed, device=device)
     click.echo(format_table(rows))
@@ -139,7 +200,7 @@ def check(estimator_spec, generator_spec, optimizer_spec, data_shape, latent_sha
 @click.option("--checkpoint", is_flag=True, help="Recompute unrolled steps in backward (backend func).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, callback=_device, help="cpu, cuda, cuda:1, ...")
 @click.option("--seed", default=0, show_default=True, type=int)
 def profile(estimator_spec, generator_spec, optimizer_spec, data_shape, latent_shape, ks, backend, truncate,
             checkpoint, batch_size, repeats, device, seed) -> None:
@@ -157,19 +218,21 @@ def profile(estimator_spec, generator_spec, optimizer_spec, data_shape, latent_s
     if checkpoint and backend != "func":
         raise click.UsageError("--checkpoint needs --backend func")
     estimator_factory, generator_factory, shape = _models(estimator_spec, generator_spec, data_shape, hidden=64)
+    _check_batch(batch_size, shape)
     try:
         generator = generator_factory()
     except Exception as exc:
         raise click.ClickException(f"building the generator failed: {type(exc).__name__}: {exc}") from None
-    lat = _shape(latent_shape) or latent_shape_of(generator)[0]
+    lat = _shape(latent_shape, "--latent-shape") or latent_shape_of(generator)[0]
     if lat is None:
         raise click.UsageError("give --latent-shape, or a latent_dim / latent_shape attribute on the generator")
+    _check_batch(batch_size, tuple(lat))
     torch.manual_seed(seed)
     dev = torch.device(device)
     generator = generator.to(dev)
     data = torch.randn(batch_size, *shape, device=dev)
     z = torch.randn(batch_size, *lat, device=dev)
-    optimizer_factory = load_object(optimizer_spec) if optimizer_spec else None
+    optimizer_factory = _optimizer_factory(optimizer_spec) if optimizer_spec else None
     try:
         rows = profile_steps(estimator_factory, generator, data, z, tuple(dict.fromkeys(ks)), backend=backend,
                              truncate=truncate, checkpoint=checkpoint, repeats=repeats,
@@ -193,7 +256,7 @@ def profile(estimator_spec, generator_spec, optimizer_spec, data_shape, latent_s
               help="Where a dataset source's idx files are (default: Debian's path, ./data).")
 @click.option("--dims", type=click.Choice(["64", "192", "768", "2048"]), default="2048", show_default=True)
 @click.option("--batch-size", default=50, show_default=True, type=click.IntRange(min=1))
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, callback=_device, help="cpu, cuda, cuda:1, ...")
 @click.option("--generator", "generator_spec", metavar="MODULE:FUNCTION", default=None,
               help="For a checkpoint source: your function that rebuilds the generator from the loaded checkpoint "
                    "(state -> nn.Module), e.g. my_gan.py:load_generator.")
@@ -219,7 +282,7 @@ def fid(source_a, source_b, weights, num_samples, data_root, dims, batch_size, d
     try:
         value = fid_value(source_a, source_b, weights=weights, dims=int(dims), batch_size=batch_size, device=device,
                           num_samples=num_samples, data_root=data_root, generator_loader=loader,
-                          latent_shape=_shape(latent_shape))
+                          latent_shape=_shape(latent_shape, "--latent-shape"))
     except (RuntimeError, FileNotFoundError, ValueError, TypeError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"FID: {value}")

@@ -79,3 +79,35 @@ def test_check_and_profile_on_broken_user_code_say_what_is_wrong(tmp_path):
     assert result.exit_code == 1 and "returned int, expected an nn.Module" in result.output
     result = _run("check", "--data-shape", "1,,28", "--estimator", "models:estimator")
     assert result.exit_code == 2 and "integers separated by commas" in result.output
+
+
+def test_devices_shapes_and_factories_are_checked_before_anything_runs(tmp_path):
+    """A device this machine lacks, a shape too large to allocate, an optimizer factory that returns no optimizer:
+    each an error naming the cause, not a traceback or a silently different run."""
+    import torch
+
+    for command in (["check"], ["profile"], ["fid", "a", "b"]):
+        result = _run(*command, "--device", "gpu")
+        assert result.exit_code == 2 and "use cpu, cuda or cuda:N" in result.output, result.output
+        if not torch.cuda.is_available():
+            result = _run(*command, "--device", "cuda")
+            assert result.exit_code == 2 and "no CUDA device here" in result.output, result.output
+    for shape in ("100000,100000", "0,3", "-1"):
+        result = _run("profile", "--data-shape", shape, "--estimator", "models:estimator")
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "at most 16777216" in _run("check", "--data-shape", "100000,100000").output
+    result = _run("profile", "--data-shape", "4096,4096", "--batch-size", "64", "--estimator", "models:estimator",
+                  "--generator", "models:generator")
+    assert result.exit_code == 2 and "lower --batch-size" in result.output, result.output
+    for flag in (["-k", "0"], ["--repeats", "0"], ["--truncate", "0"], ["--batch-size", "0"]):
+        result = _run("profile", *flag)
+        assert result.exit_code == 2 and "is not in the range" in result.output, (flag, result.output)
+    factories = tmp_path / "factories.py"
+    factories.write_text("def returns_none(estimator):\n    return None\n\nnot_callable = 3\n")
+    result = _run("profile", "--optimizer", f"{factories}:returns_none", "-k", "1", "--repeats", "1")
+    assert result.exit_code == 1 and "returned NoneType; it must take the estimator and return a torch.optim" \
+        in result.output, result.output
+    result = _run("check", "--optimizer", f"{factories}:returns_none", "-k", "1", "--backend", "func")
+    assert result.exit_code == 1 and "returned NoneType" in result.output, result.output
+    result = _run("profile", "--optimizer", f"{factories}:not_callable", "-k", "1")
+    assert result.exit_code == 2 and "not a factory" in result.output, result.output

@@ -136,7 +136,7 @@ def test_bad_inputs_fail_clearly(digits, tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(good[: len(good) // 2])
     with pytest.raises(ValueError, match="cannot read checkpoint"):
-        _run(digits, tmp_path, "--steps", "3", "--resume", str(bad))
+        _run(digits, tmp_path / "resumed", "--steps", "3", "--resume", str(bad))
     assert ckpt.read_bytes() == good
 
 
