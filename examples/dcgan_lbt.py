@@ -1,10 +1,10 @@
 """DCGAN with Learning by Teaching: pytorch/examples' dcgan/main.py, plus the lines that end in ``# LBT``.
 
     python examples/dcgan_lbt.py                      # short LBT-GAN run on Fashion-MNIST (offline)
-    python examples/dcgan_lbt.py --lbt-weight 0       # plain DCGAN
-    python examples/dcgan_lbt.py --lbt-only           # pure LBT (no discriminator)
+    python examples/dcgan_lbt.py --lbt-weight 0 --out out/dcgan   # plain DCGAN
+    python examples/dcgan_lbt.py --lbt-only --out out/lbt        # pure LBT (no discriminator)
     python examples/dcgan_lbt.py --resume out/dcgan_lbt/checkpoint.pt --steps 2000
-    torchrun --nproc_per_node 2 examples/dcgan_lbt.py --steps 100   # DDP; --batch-size is the global batch
+    torchrun --nproc_per_node 2 examples/dcgan_lbt.py --steps 100 --out out/ddp   # DDP; --batch-size: global
 
 Every line that LBT adds ends in ``# LBT``; the one line it changes says what it was (``# LBT, plain: ...``);
 the two ``if`` lines marked ``# LBT`` make the discriminator's lines below them optional (--lbt-only).
