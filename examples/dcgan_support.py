@@ -363,7 +363,7 @@ def _first_nonfinite(obj: Any, where: str) -> Optional[str]:
 
 def load_checkpoint(path: Path) -> Dict[str, Any]:
     """A checkpoint of dcgan_lbt.py: tensors and plain numbers, read with ``weights_only=True`` and checked."""
-    if not path.is_file():
+    if not os.path.lexists(path):  # a folder, a FIFO or a device is named as such by load_tensors, unread
         raise FileNotFoundError(f"--resume {path}: no such checkpoint")
     state = load_tensors(path, "checkpoint", "it is truncated or not a checkpoint of dcgan_lbt.py. Earlier "
                          "checkpoints are untouched.")

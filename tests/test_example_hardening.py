@@ -288,3 +288,19 @@ def test_resuming_a_copy_of_the_checkpoint_in_out_replaces_nothing_of_value(digi
                       weights_only=True)["step"] == 3
     with pytest.raises(FileExistsError, match="--overwrite"):  # the copy is now another step's checkpoint
         _run(digits, tmp_path / "a", "--steps", "4", "--resume", str(copy_))
+
+
+def test_resume_from_a_folder_or_a_fifo_says_what_it_is_not_that_it_is_missing(tmp_path):
+    """Case "--resume of a directory / FIFO": the error named an existing path "no such checkpoint"; it now says
+    what the path is (read without blocking), and only a missing path is reported missing."""
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    with pytest.raises(ValueError, match=r"checkpoint .*ck is a directory, not a regular file"):
+        dcgan_support.load_checkpoint(folder)
+    if hasattr(os, "mkfifo"):
+        fifo = tmp_path / "ck.pt"
+        os.mkfifo(fifo)
+        with pytest.raises(ValueError, match=r"checkpoint .*ck\.pt is a FIFO \(named pipe\), not a regular file"):
+            dcgan_support.load_checkpoint(fifo)
+    with pytest.raises(FileNotFoundError, match=r"--resume .*missing\.pt: no such checkpoint"):
+        dcgan_support.load_checkpoint(tmp_path / "missing.pt")
