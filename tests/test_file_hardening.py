@@ -270,3 +270,29 @@ def test_fid_is_never_negative_nor_computed_from_non_finite_images(monkeypatch):
 
     with pytest.raises(ValueError, match=r"the generator drew NaN or inf in its images \(samples 0 to 5\)"):
         _draw_images(NaNGenerator(), 6, "cpu", (4,))
+
+
+def test_fid_weights_that_are_a_fifo_or_a_folder_are_named_as_such_unread(tmp_path, monkeypatch):
+    """Case "--weights FIFO / hub cache entry a FIFO": the error said "no FID Inception weights at" a path that
+    exists; it now says what the path is, without opening it (a FIFO would block)."""
+    from lbt_plugin.metrics import fid
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    fifo = tmp_path / "weights.pth"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=r"weights\.pth is a FIFO \(named pipe\), not a regular file"):
+        fid(str(images), str(images), weights=str(fifo), dims=64)
+    with pytest.raises(ValueError, match=r"imgs is a directory, not a regular file"):
+        fid(str(tmp_path), str(tmp_path), weights=str(images), dims=64)
+    with pytest.raises(FileNotFoundError, match=r"no FID Inception weights file at .*missing\.pth"):
+        fid(str(images), str(images), weights=str(tmp_path / "missing.pth"), dims=64)
+    hub = tmp_path / "hub"
+    (hub / "checkpoints").mkdir(parents=True)
+    os.mkfifo(hub / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    for i in range(2):
+        from PIL import Image
+        Image.new("RGB", (8, 8)).save(images / f"{i}.png")
+    with pytest.raises(ValueError, match=r"6726825d\.pth is a FIFO \(named pipe\), not a regular file"):
+        fid(str(images), str(images), dims=64)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..files import load_tensors
+from ..files import check_regular, load_tensors
 
 __all__ = ["FID_WEIGHTS_FILE", "FID_MAX_DIMS", "fid", "frechet_distance", "save_images"]
 
@@ -53,8 +53,8 @@ def fid(source_a: str, source_b: str, *, weights: Optional[str] = None, dims: in
     from pytorch_fid.fid_score import compute_statistics_of_path
     from pytorch_fid.inception import InceptionV3
 
-    if weights is not None and not Path(weights).is_file():
-        raise FileNotFoundError(f"no FID Inception weights at {weights}")
+    if weights is not None:  # missing, or a folder, FIFO or device named as such (os.stat: never blocks)
+        check_regular(weights, "FID Inception weights file", _FID_WEIGHTS_MAX_BYTES)
     if all(Path(s).suffix == ".npz" for s in (source_a, source_b)):
         (mu1, s1), (mu2, s2) = (_npz_stats(s) for s in (source_a, source_b))
         if mu1.shape != mu2.shape:
@@ -115,11 +115,7 @@ def _fid_weights_as_data(path: "Path", download: bool) -> Iterator[None]:
                     f"and could not be downloaded ({type(exc).__name__}: {exc}): run once online (pytorch-fid "
                     "downloads them), or pass --weights PATH."
                 ) from None
-        if not path.is_file():
-            raise FileNotFoundError(f"no FID Inception weights at {path} (a regular file is needed)")
-        size = path.stat().st_size
-        if size > _FID_WEIGHTS_MAX_BYTES:
-            raise ValueError(f"{path} has {size} bytes; the FID Inception weights have about 91 MiB: not read")
+        check_regular(path, "FID Inception weights file", _FID_WEIGHTS_MAX_BYTES)  # names a folder, FIFO, ...
         with open(path, "rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()
         try:
