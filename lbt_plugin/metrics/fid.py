@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..files import check_regular, load_tensors
+from ..files import check_regular, load_tensors, open_regular
 
 __all__ = ["FID_WEIGHTS_FILE", "FID_MAX_DIMS", "fid", "frechet_distance", "save_images"]
 
@@ -97,6 +97,7 @@ def _fid_weights_as_data(path: "Path", download: bool) -> Iterator[None]:
     once as pytorch-fid does, then read the same way.
     """
     import hashlib
+    import io
     import warnings
     from pathlib import Path
 
@@ -115,11 +116,14 @@ def _fid_weights_as_data(path: "Path", download: bool) -> Iterator[None]:
                     f"and could not be downloaded ({type(exc).__name__}: {exc}): run once online (pytorch-fid "
                     "downloads them), or pass --weights PATH."
                 ) from None
-        check_regular(path, "FID Inception weights file", _FID_WEIGHTS_MAX_BYTES)  # names a folder, FIFO, ...
-        with open(path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
+        # one read of one checked file (a folder, FIFO, ... is named): the bytes hashed are the bytes loaded
+        with open_regular(path, "FID Inception weights file", _FID_WEIGHTS_MAX_BYTES) as f:
+            data = f.read(_FID_WEIGHTS_MAX_BYTES + 1)
+        if len(data) > _FID_WEIGHTS_MAX_BYTES:
+            raise ValueError(f"{path} grew beyond {_FID_WEIGHTS_MAX_BYTES} bytes while read: not FID Inception weights")
+        digest = hashlib.sha256(data).hexdigest()
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:
             raise ValueError(f"{path} is not a file of FID Inception weights: it cannot be read as tensors only "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); nothing in "
@@ -192,8 +196,6 @@ def _npz_stats(source: str, max_dims: int = FID_MAX_DIMS) -> Tuple[Any, Any]:
     import zipfile
 
     import numpy as np
-
-    from ..files import open_regular
 
     head = f"cannot read {source} as FID statistics (an .npz with float mu [d] and sigma [d, d], d <= {max_dims})"
     with open_regular(source, "FID statistics file", 8 * (max_dims + max_dims**2) + 2**20) as f:
