@@ -347,3 +347,15 @@ def test_a_vae_of_vectors_takes_flattened_images_and_says_so_otherwise():
     assert torch.equal(a, vae.log_prob(x.flatten(1)))
     with pytest.raises(ValueError, match="ConvVAE keeps their structure"):
         vae.log_prob(torch.rand(4, 3, 28, 28))
+
+
+def test_load_state_dict_refuses_a_switch_that_is_not_a_bool():
+    from lbt_plugin.estimators import RealNVP
+
+    lbt = LBTLoss(RealNVP(2), k=1)
+    state = lbt.state_dict()
+    before = copy.deepcopy(state)
+    state["optimizer"]["param_groups"][0]["amsgrad"] = "yes"
+    with pytest.raises(ValueError, match="amsgrad='yes'; it must be True or False"):
+        lbt.load_state_dict(state)
+    assert lbt.optimizer.param_groups[0]["amsgrad"] is before["optimizer"]["param_groups"][0]["amsgrad"]

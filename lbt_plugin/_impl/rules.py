@@ -220,6 +220,10 @@ _DOMAINS: Dict[str, Tuple[Callable[[float], bool], str]] = {
 }
 
 
+#: The switches of the unrolled optimizers: a truthy string from a checkpoint would turn one on.
+_FLAGS = ("amsgrad", "nesterov", "maximize", "centered")
+
+
 def _check_values(group: Dict[str, Any], i: int, name: str) -> None:
     """Hyper-parameters in their domains: a NaN or negative learning rate from a checkpoint (torch.optim checks
     only its constructor's arguments) would otherwise surface steps later as a non-finite loss."""
@@ -232,6 +236,9 @@ def _check_values(group: Dict[str, Any], i: int, name: str) -> None:
         v = _num(value)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not test(v):
             raise ValueError(f"param group {i} of {name} has {key}={value!r}; it must be a finite number {domain}")
+    for key in _FLAGS:
+        if key in group and not isinstance(group[key], bool):
+            raise ValueError(f"param group {i} of {name} has {key}={group[key]!r}; it must be True or False")
 
 
 def copy_state(optimizer: torch.optim.Optimizer, p: Tensor) -> State:
