@@ -2,6 +2,7 @@
 and ``fid`` (:func:`lbt_plugin.metrics.fid`), each a thin layer that parses options and reports errors."""
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any, Callable, Optional, Tuple
 
@@ -34,9 +35,7 @@ def _shape(text: Optional[str], flag: str = "--data-shape") -> Optional[Tuple[in
         raise click.BadParameter(f"a shape is integers separated by commas, like 1,28,28; got {text!r}") from None
     if not shape or any(s < 1 for s in shape):
         raise click.BadParameter(f"a shape needs positive sizes, got {text!r}")
-    numel = 1
-    for s in shape:
-        numel *= s
+    numel = math.prod(shape)
     if numel > MAX_SAMPLE_NUMEL:
         raise click.BadParameter(f"{flag} {text} is {numel} numbers per sample; at most {MAX_SAMPLE_NUMEL} "
                                  "(e.g. 3,1024,1024) are allowed: check the shape")
@@ -45,9 +44,7 @@ def _shape(text: Optional[str], flag: str = "--data-shape") -> Optional[Tuple[in
 
 def _check_batch(batch_size: int, shape: Tuple[int, ...]) -> None:
     """A usage error where one batch of ``shape`` would hold more than 2**28 numbers (1 GiB in float32)."""
-    numel = batch_size
-    for s in shape:
-        numel *= s
+    numel = batch_size * math.prod(shape)
     if numel > 2**28:
         raise click.UsageError(f"--batch-size {batch_size} of samples of shape {','.join(map(str, shape))} is "
                                f"{numel} numbers, more than 2**28: lower --batch-size or check --data-shape")

@@ -17,6 +17,7 @@ import gzip
 import hashlib
 import io
 import lzma
+import math
 import struct
 import sys
 import tarfile
@@ -89,9 +90,7 @@ def read_idx(path: Path, max_bytes: int = MAX_IDX_BYTES) -> Tensor:
             if len(dims) < 4 * ndim:
                 raise ValueError(f"idx file {path} is truncated in its header; {fix}")
             shape = struct.unpack(">" + "I" * ndim, dims)
-            n = 1
-            for d in shape:
-                n *= d
+            n = math.prod(shape)
             if n > max_bytes:
                 raise ValueError(f"idx file {path} declares a shape {shape} of {n} bytes, above the bound of "
                                  f"{max_bytes} bytes (read_idx's max_bytes): not read; pass a genuine idx file "
