@@ -107,27 +107,41 @@ class ResumableRun(abc.ABC):
 
 def train_resumable(run: ResumableRun, path: Optional[Path], steps: int, eval_every: int,
                     evaluate: Callable[[float], Any], desc: str, progress: bool = True,
-                    postfix: Optional[Callable[[Any], Dict[str, str]]] = None, leave: bool = True) -> float:
+                    postfix: Optional[Callable[[Any], Dict[str, str]]] = None, leave: bool = True,
+                    budget: Optional[float] = None, evals: int = 10) -> float:
     """Continue ``run`` from its checkpoint at ``path`` (when there is one) to ``steps`` updates.
 
     Every ``eval_every`` updates (and at the end) ``evaluate(seconds)`` makes the history entry appended to
     ``run.history`` and the run is checkpointed to ``path`` (``None``: never), with the training seconds so far
     (evaluations excluded), which this returns. An interrupted run continues from its last evaluation.
+
+    With ``budget`` (training seconds), the run stops at the first update that reaches it (or at ``steps``) and is
+    evaluated every ``budget / evals`` training seconds instead: runs of different costs are compared at equal
+    wall-clock time, at the same points of their clocks.
     """
+    if budget is not None and (budget <= 0 or evals < 1):
+        raise ValueError(f"budget must be > 0 seconds and evals >= 1, got {budget} and {evals}")
     seconds = 0.0
     if path is not None and path.is_file():
         state = load_tensors(path, "run checkpoint", "delete it, or pass another --runs")
         run.load_state_dict(state)
         seconds = float(state.get("seconds", 0.0))
-    bar = tqdm(total=steps, initial=run.step_count, desc=desc, leave=leave, disable=not progress)
-    while run.step_count < steps:
+    bar = tqdm(total=steps if budget is None else round(budget), initial=run.step_count if budget is None
+               else min(round(seconds), round(budget)), desc=desc, leave=leave, disable=not progress,
+               unit="it" if budget is None else "s")
+    while run.step_count < steps and (budget is None or seconds < budget):
         t0 = time.perf_counter()
-        for _ in range(min(eval_every, steps - run.step_count)):
-            run.step()
+        if budget is None:
+            for _ in range(min(eval_every, steps - run.step_count)):
+                run.step()
+        else:  # up to the next evaluation point of the clock, budget / evals apart
+            stop = min(budget, (math.floor(seconds * evals / budget + 1e-9) + 1) * budget / evals)
+            while run.step_count < steps and seconds + time.perf_counter() - t0 < stop:
+                run.step()
         seconds += time.perf_counter() - t0
         entry = evaluate(seconds)
         run.history.append(entry)
-        bar.update(run.step_count - bar.n)
+        bar.update((run.step_count if budget is None else min(round(seconds), round(budget))) - bar.n)
         if postfix is not None:
             bar.set_postfix(**postfix(entry))
         if path is not None:

@@ -102,6 +102,8 @@ class Config:
     unroll_k: int = 5
     eval_every: int = 1000
     eval_samples: int = 26000
+    minutes: Optional[float] = None  # equal wall-clock time: training minutes per run (``steps`` then only caps)
+    evals: int = 10  # with ``minutes``: evaluations per run, ``minutes / evals`` apart on the training clock
 
 
 #: PacGAN's own setting of this experiment (``--arch pacgan``).
@@ -274,14 +276,17 @@ class Evaluator:
         self.classifier, self.n = classifier, n
         self.real_mu, self.real_sigma = _gaussian(classifier_features(data[:n], classifier))
 
+    @torch.no_grad()
     def __call__(self, samples: Tensor) -> Dict:
+        """One pass of the classifier over the samples' channels: its features give the Fréchet distance, and its
+        last layer on them the modes and the confidence."""
         from pytorch_fid.fid_score import calculate_frechet_distance
 
-        stats = stacked_mode_stats(samples, self.classifier)
-        mu, sigma = _gaussian(classifier_features(samples, self.classifier))
-        with torch.no_grad():
-            probs = torch.cat([self.classifier(samples[i: i + 1000].reshape(-1, 1, 28, 28)).softmax(-1)
-                               for i in range(0, len(samples), 1000)])
+        features = classifier_features(samples, self.classifier)
+        stats = stacked_mode_stats(samples, self.classifier, features=features)
+        mu, sigma = _gaussian(features)
+        head = self.classifier.net[-1]
+        probs = head(features.reshape(-1, head.in_features).to(samples.device)).softmax(-1)
         return {"modes": stats.modes, "kl": stats.kl, "counts": stats.counts.tolist(),
                 "confidence": float(probs.max(-1).values.mean()),
                 "fd": float(calculate_frechet_distance(mu, sigma, self.real_mu, self.real_sigma))}
@@ -312,21 +317,26 @@ def train(method: str, seed: int, cfg: Config, runs: Path, data_root: Optional[P
         return {"step": run.step_count, "seconds": seconds, **evaluator(run.samples(cfg.eval_samples))}
 
     seconds = train_resumable(run, runs / f"{name or method}_seed{seed}.pt", cfg.steps, cfg.eval_every, evaluate,
-                              f"{name or method} seed {seed}", progress)
-    return {"history": run.history, "grid": run.samples(64).cpu(), "seconds": seconds}
+                              f"{name or method} seed {seed}", progress,
+                              budget=None if cfg.minutes is None else 60 * cfg.minutes, evals=cfg.evals)
+    return {"history": run.history, "grid": run.samples(64).cpu(), "seconds": seconds, "steps": run.step_count}
 
 
 # ----------------------------------------------------------------------------- reporting
-def table(results: Dict[str, List[Dict]], methods: Sequence[str]) -> str:
-    lines = ["| method | modes | KL | classifier FD | confidence | minutes per run | per seed: modes / KL / FD |",
-             "|---|---|---|---|---|---|---|"]
+def table(results: Dict[str, List[Dict]], methods: Sequence[str], updates: bool = False) -> str:
+    """One row per method: the last evaluation's measures, mean ± s.e. over seeds, and every seed's; with
+    ``updates``, a column of the generator updates each run reached (an equal-time comparison)."""
+    lines = ["| method | modes | KL | classifier FD | confidence | minutes per run |"
+             + (" updates per run |" if updates else "") + " per seed: modes / KL / FD |",
+             "|---|---|---|---|---|---|" + ("---|" if updates else "") + "---|"]
     for m in methods:
         finals = [r["history"][-1] for r in results[m]]
         per_seed = ", ".join(f"{f['modes']} / {f['kl']:.2f} / {f['fd']:.1f}" for f in finals)
+        steps = f" {mean_se([r['history'][-1]['step'] for r in results[m]], 0)} |" if updates else ""
         lines.append(f"| {NAMES[m]} | {mean_se([f['modes'] for f in finals], 1)} | "
                      f"{mean_se([f['kl'] for f in finals])} | {mean_se([f['fd'] for f in finals], 1)} | "
                      f"{mean_se([f['confidence'] for f in finals])} | "
-                     f"{mean_se([r['seconds'] / 60 for r in results[m]], 1)} | {per_seed} |")
+                     f"{mean_se([r['seconds'] / 60 for r in results[m]], 1)} |{steps} {per_seed} |")
     return "\n".join(lines)
 
 
@@ -336,15 +346,21 @@ def plots(results: Dict[str, List[Dict]], methods: Sequence[str], out: Path) -> 
 
     plt = pyplot()
     out.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
+    # against updates and against training minutes: at each evaluation, the seeds' mean of either (equal
+    # within a method at equal updates; within a few updates' time of each other at equal time)
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7))
     for m in methods:
-        for ax, key in zip(axes, ("modes", "kl", "fd")):
-            steps = [h["step"] for h in results[m][0]["history"]]
-            values = torch.tensor([[h[key] for h in r["history"]] for r in results[m]], dtype=torch.float64)
-            plot_mean_se(ax, steps, values, 0, NAMES[m])
-    for ax, title in zip(axes, ("modes (of 1000)", "KL(modes ‖ uniform)", "classifier Fréchet distance")):
-        ax.set_title(title), ax.set_xlabel("generator updates")
-    axes[0].legend()
+        n = min(len(r["history"]) for r in results[m])
+        for row, clock in zip(axes, ("step", "seconds")):
+            x = torch.tensor([[h[clock] for h in r["history"][:n]] for r in results[m]], dtype=torch.float64)
+            x = x.mean(0) / (60 if clock == "seconds" else 1)
+            for ax, key in zip(row, ("modes", "kl", "fd")):
+                values = torch.tensor([[h[key] for h in r["history"][:n]] for r in results[m]], dtype=torch.float64)
+                plot_mean_se(ax, x.tolist(), values, 0, NAMES[m])
+    for row, xlabel in zip(axes, ("generator updates", "training minutes (one CPU thread)")):
+        for ax, title in zip(row, ("modes (of 1000)", "KL(modes ‖ uniform)", "classifier Fréchet distance")):
+            ax.set_title(title), ax.set_xlabel(xlabel)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "stacked_curves.png", dpi=100)
     plt.close(fig)
@@ -369,7 +385,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=cfg.steps, help="generator updates per run")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"generator updates per run (default {cfg.steps}; with --minutes, a cap, none by default)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="equal wall-clock time: train every run for this many minutes of its own training clock "
+                        "(evaluations excluded), evaluated --evals times on the way")
+    p.add_argument("--evals", type=int, default=cfg.evals, help="with --minutes: evaluations per run")
     p.add_argument("--eval-every", type=int, default=cfg.eval_every)
     p.add_argument("--eval-samples", type=int, default=cfg.eval_samples)
     p.add_argument("--d-width", choices=sorted(D_RATIO), default=cfg.d_width)
@@ -388,13 +409,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.steps, args.eval_every, args.eval_samples = 1, 200, 100, 2000
-    require_positive(p, args, ("seeds", "steps", "eval_every", "eval_samples", "jobs"))
+    if args.steps is None:
+        args.steps = cfg.steps if args.minutes is None else 10 ** 12
+    require_positive(p, args, ("seeds", "steps", "eval_every", "eval_samples", "jobs", "evals"))
+    if args.minutes is not None and not (0 < args.minutes < float("inf")):
+        p.error(f"--minutes must be a positive number of minutes, got {args.minutes}")
     if args.arch == "pacgan":
         if args.d_width not in D_WIDTHS:
             p.error(f"--arch pacgan takes --d-width {' / '.join(D_WIDTHS)}")
         cfg = dataclasses.replace(cfg, **PACGAN)
     cfg = dataclasses.replace(cfg, steps=args.steps, eval_every=min(args.eval_every, args.steps),
-                              eval_samples=args.eval_samples, d_width=args.d_width)
+                              eval_samples=args.eval_samples, d_width=args.d_width, minutes=args.minutes,
+                              evals=args.evals)
     args.runs.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
@@ -419,9 +445,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             tqdm.write(f"{NAMES[m]} seed {s}: {last['modes']} modes, KL {last['kl']:.2f}, FD {last['fd']:.1f}, "
                        f"{res['seconds'] / 60:.1f} min")
     plots(results, args.methods, args.out)
-    body = table(results, args.methods)
-    cmd = (f"python benchmarks/stacked_fashion.py --seeds {args.seeds} --steps {args.steps} --arch {args.arch} "
-           f"--d-width {args.d_width}")
+    body = table(results, args.methods, updates=args.minutes is not None)
+    budget = f"--steps {args.steps}" if args.minutes is None else f"--minutes {args.minutes:g} --evals {args.evals}"
+    if args.minutes is not None and args.steps != 10 ** 12:
+        budget += f" --steps {args.steps}"
+    cmd = f"python benchmarks/stacked_fashion.py --seeds {args.seeds} {budget} --arch {args.arch} --d-width {args.d_width}"
     if args.methods != list(DEFAULT_METHODS):
         cmd += " --methods " + " ".join(args.methods)
     if args.table != "stacked-table":
@@ -432,7 +460,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if torch.device(args.device).type != "cpu":
         cmd += f" --device {args.device}"
         where = args.device
-    footer = (f"\n\n{args.seeds} seeds, {args.steps} generator updates per run, batch {cfg.batch}, "
+    if args.out != Path("docs/img"):
+        cmd += f" --out {args.out}"
+    length = (f"{args.steps} generator updates per run" if args.minutes is None else
+              f"{args.minutes:g} training minutes per run (equal wall-clock time; evaluations excluded)")
+    footer = (f"\n\n{args.seeds} seeds, {length}, batch {cfg.batch}, "
               f"{cfg.eval_samples} samples per evaluation; the classifier's held-out accuracy "
               f"{100 * accuracy:.1f}%; minutes: training time of one run on {where}, {args.jobs} runs at a "
               f"time; {(time.time() - t0) / 60:.0f} min wall clock for the command. Command: `{cmd}`")

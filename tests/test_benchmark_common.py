@@ -1,8 +1,10 @@
 """benchmarks/_common.py: the helpers every benchmark relies on for its tables."""
+import math
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -39,3 +41,42 @@ def test_require_positive_names_each_bad_flag():
 def test_the_inline_pool_runs_in_this_process():
     with _common.pool(1) as workers:
         assert workers.submit(lambda x, y=1: x + y, 2, y=3).result() == 5
+
+
+class _Clocked(_common.ResumableRun):
+    """A run whose every step takes ``cost`` seconds of a fake clock (``_common.time.perf_counter``)."""
+
+    def __init__(self, clock, cost):
+        self.G = self.D = torch.nn.Linear(1, 1)
+        self.g_opt = self.d_opt = torch.optim.SGD(self.G.parameters(), lr=0.1)
+        self.clock, self.cost, self.history = clock, cost, []
+
+    def step(self):
+        self.clock[0] += self.cost
+        self.step_count += 1
+
+    def extra_state(self):
+        return {"history": self.history}
+
+    def check_state(self, state):
+        pass
+
+    def load_extra_state(self, state):
+        self.history = list(state["history"])
+
+
+@pytest.mark.parametrize("cost", [1.0, 3.0])
+def test_an_equal_time_budget_stops_runs_of_any_cost_at_the_same_clock(monkeypatch, tmp_path, cost):
+    clock = [0.0]
+    monkeypatch.setattr(_common.time, "perf_counter", lambda: clock[0])
+    run = _Clocked(clock, cost)
+    seconds = _common.train_resumable(run, tmp_path / "run.pt", 10 ** 9, 1, lambda s: {"s": s, "step": run.step_count},
+                                      "t", progress=False, budget=60.0, evals=4)
+    # each evaluation at the first step that reaches 15, 30, 45, 60 s: no later than one step past it
+    assert [h["s"] for h in run.history] == [math.ceil(t / cost) * cost for t in (15, 30, 45, 60)]
+    assert seconds == run.history[-1]["s"] and run.step_count == math.ceil(60 / cost)
+    resumed = _Clocked(clock, cost)  # a finished run is not trained further
+    assert _common.train_resumable(resumed, tmp_path / "run.pt", 10 ** 9, 1, lambda s: {}, "t", progress=False,
+                                   budget=60.0, evals=4) == seconds and resumed.step_count == run.step_count
+    with pytest.raises(ValueError, match="budget must be > 0"):
+        _common.train_resumable(run, None, 1, 1, lambda s: {}, "t", progress=False, budget=0.0)

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from lbt_plugin.metrics import load_channel_classifier, stacked_mode_stats, train_channel_classifier
+from lbt_plugin.metrics import (classifier_features, load_channel_classifier, stacked_mode_stats,
+                                train_channel_classifier)
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +91,13 @@ def test_a_sampler_emitting_10_modes_scores_10(digits):
     assert stats.modes == 10
     assert stats.kl == pytest.approx(math.log(1000 / 10), abs=1e-6)
     assert int(stats.counts.sum()) == 2600
+    # read from the features the Fréchet distance needs anyway: the same classes, one pass over the images
+    features = classifier_features(samples.clamp(-1, 1), model)
+    assert torch.equal(stacked_mode_stats(samples.clamp(-1, 1), model, features=features).counts, stats.counts)
+    with pytest.raises(ValueError, match=r"shape \[2600, 384\]"):
+        stacked_mode_stats(samples.clamp(-1, 1), model, features=features[:, :128])
+    with pytest.raises(TypeError, match="ChannelClassifier"):
+        stacked_mode_stats(samples.clamp(-1, 1), model.net, features=features)
 
 
 def test_stacked_input_errors(digits):

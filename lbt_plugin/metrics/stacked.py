@@ -245,12 +245,18 @@ class StackedModeStats:
 
 
 @torch.no_grad()
-def stacked_mode_stats(samples: Tensor, classifier: nn.Module, batch_size: int = 500) -> StackedModeStats:
+@torch.no_grad()
+def stacked_mode_stats(samples: Tensor, classifier: nn.Module, batch_size: int = 500, *,
+                       features: Optional[Tensor] = None) -> StackedModeStats:
     """Modes covered and KL to uniform of stacked samples ``[N, 3, H, W]`` in [-1, 1].
 
     The Stacked MNIST protocol (VEEGAN, PacGAN): each channel is classified by ``classifier``
     (a :class:`ChannelClassifier`, or any module with ten outputs), the triple of classes is the
     mode, 26,000 samples are usual.
+
+    ``features``: the :func:`classifier_features` ``[N, 3 * 128]`` of these samples by this
+    :class:`ChannelClassifier`, where they are computed anyway (for a Fréchet distance): the classes are then
+    read from them by the classifier's last layer, one pass over the images instead of two.
     """
     if not isinstance(samples, Tensor) or samples.dim() != 4 or samples.shape[1] != 3:
         raise ValueError(f"stacked samples must have shape [N, 3, H, W], got {tuple(getattr(samples, 'shape', ()))}")
@@ -259,7 +265,19 @@ def stacked_mode_stats(samples: Tensor, classifier: nn.Module, batch_size: int =
     n_classes = classifier.net[-1].out_features if isinstance(classifier, ChannelClassifier) else 10
     device = next(classifier.parameters()).device
     labels = []
-    for i in range(0, len(samples), batch_size):
+    if features is not None:
+        if not isinstance(classifier, ChannelClassifier):
+            raise TypeError("features= needs the ChannelClassifier that computed them (its last layer reads them); "
+                            f"got a {type(classifier).__name__}: pass the samples alone")
+        head = classifier.net[-1]
+        if not isinstance(features, Tensor) or features.shape != (len(samples), 3 * head.in_features):
+            raise ValueError(f"features must be classifier_features(samples, classifier), shape "
+                             f"[{len(samples)}, {3 * head.in_features}]; got {tuple(getattr(features, 'shape', ()))}")
+        for i in range(0, len(features), batch_size):
+            f = features[i: i + batch_size].to(device)
+            pred = head(f.reshape(-1, head.in_features)).argmax(1).reshape(-1, 3)
+            labels.append((pred[:, 0] * n_classes + pred[:, 1]) * n_classes + pred[:, 2])
+    for i in range(0, len(samples) if features is None else 0, batch_size):
         chunk = samples[i: i + batch_size].to(device)
         b = chunk.shape[0]
         pred = classifier(chunk.reshape(b * 3, 1, *chunk.shape[2:])).argmax(1).reshape(b, 3)
