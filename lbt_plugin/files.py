@@ -110,24 +110,32 @@ def load_tensors(path: PathLike, what: str = "checkpoint", hint: str = "",
     """
     path = Path(path)
     with open_regular(path, what, max_bytes) as f:
-        why = ""
         try:
-            with zipfile.ZipFile(f) as archive:
-                total = sum(info.file_size for info in archive.infolist())
-            if total > max_bytes:
-                why = (f"its members hold {total} bytes uncompressed, above the bound of {max_bytes} bytes; "
-                       "nothing in it was loaded")
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-            why = (f"not a zip archive as torch.save writes: truncated, or another format ({exc}); nothing in it "
-                   "was run")
-        if not why:
-            f.seek(0)
-            try:
-                return torch.load(f, map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError as exc:  # torch's message would suggest weights_only=False: not to do
-                found = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line]
-                why = ("it holds objects other than tensors and plain containers" + (f": {found[0]}" if found else "")
-                       + "; nothing in it was run")
-            except Exception as exc:  # truncated, not a torch file, ...
-                why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            return _read_tensors(f, max_bytes)
+        except ValueError as exc:
+            why = str(exc)
     raise ValueError(f"cannot read {what} {path} ({why})" + (f"; {hint}" if hint else ""))
+
+
+def _read_tensors(f: IO[bytes], max_bytes: int) -> Any:
+    """The bounded, tensors-only ``torch.load`` of :func:`load_tensors` from an open binary file (a file on disk,
+    or bytes already read and hashed, as the FID weights are); ``ValueError(why)`` where it cannot."""
+    try:
+        with zipfile.ZipFile(f) as archive:
+            total = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"not a zip archive as torch.save writes: truncated, or another format ({exc}); nothing in "
+                         "it was run") from None
+    if total > max_bytes:
+        raise ValueError(f"its members hold {total} bytes uncompressed, above the bound of {max_bytes} bytes; "
+                         "nothing in it was loaded")
+    f.seek(0)
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's message would suggest weights_only=False: not to do
+        found = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line]
+        raise ValueError("it holds objects other than tensors and plain containers"
+                         + (f": {found[0]}" if found else "") + "; nothing in it was run") from None
+    except Exception as exc:  # truncated, not a torch file, ...
+        raise ValueError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; nothing in it "
+                         "was run") from None

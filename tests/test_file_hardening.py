@@ -296,3 +296,27 @@ def test_fid_weights_that_are_a_fifo_or_a_folder_are_named_as_such_unread(tmp_pa
         Image.new("RGB", (8, 8)).save(images / f"{i}.png")
     with pytest.raises(ValueError, match=r"6726825d\.pth is a FIFO \(named pipe\), not a regular file"):
         fid(str(images), str(images), dims=64)
+
+
+def test_fid_weights_whose_members_unpack_beyond_the_bound_are_refused_unread(tmp_path):
+    """The FID weights go through the checkpoints' loader: a small zip whose members add up to more than the
+    weights' bound uncompressed (a zip bomb) is refused from its directory, before anything is unpacked."""
+    from lbt_plugin.metrics import fid
+    from lbt_plugin.metrics.fid import _FID_WEIGHTS_MAX_BYTES
+
+    from PIL import Image
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i in range(2):
+        Image.new("RGB", (8, 8)).save(images / f"{i}.png")
+    bomb = tmp_path / "weights.pth"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("archive/data/0", "w", force_zip64=True) as member:
+            chunk = bytes(2**24)
+            for _ in range(_FID_WEIGHTS_MAX_BYTES // len(chunk) + 1):
+                member.write(chunk)
+    assert bomb.stat().st_size < 2**20
+    with pytest.raises(ValueError, match=rf"weights\.pth is not a file of FID Inception weights: .*members hold "
+                                         rf"{_FID_WEIGHTS_MAX_BYTES + 2**24} bytes uncompressed"):
+        fid(str(images), str(images), weights=str(bomb), dims=64)

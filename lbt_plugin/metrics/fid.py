@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..files import check_regular, load_tensors, open_regular
+from ..files import _read_tensors, check_regular, load_tensors, open_regular
 
 __all__ = ["FID_WEIGHTS_FILE", "FID_MAX_DIMS", "fid", "frechet_distance", "save_images"]
 
@@ -122,12 +122,11 @@ def _fid_weights_as_data(path: "Path", download: bool) -> Iterator[None]:
         if len(data) > _FID_WEIGHTS_MAX_BYTES:
             raise ValueError(f"{path} grew beyond {_FID_WEIGHTS_MAX_BYTES} bytes while read: not FID Inception weights")
         digest = hashlib.sha256(data).hexdigest()
-        try:
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as exc:
+        try:  # the checkpoints' loader: a zip of bounded members, tensors and plain containers only
+            state = _read_tensors(io.BytesIO(data), _FID_WEIGHTS_MAX_BYTES)
+        except ValueError as exc:
             raise ValueError(f"{path} is not a file of FID Inception weights: it cannot be read as tensors only "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); nothing in "
-                             "it was run") from None
+                             f"({exc})") from None
         if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
             raise ValueError(f"{path} is not a state dict of tensors (FID Inception weights)")
         reference = FID_WEIGHTS_FILE.rsplit("-", 1)[1].split(".")[0]
