@@ -11,14 +11,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 import dcgan_lbt  # noqa: E402
+from example_run import TINY, run_example  # noqa: E402
 from lbt_lines import lbt_names, strip_lbt  # noqa: E402
 
-TINY = ["--image-size", "8", "--ngf", "4", "--ndf", "4", "--est-width", "4", "--est-latent", "4", "--nz", "8",
-        "--batch-size", "16", "--k", "2", "--device", "cpu"]
-
-
-def _run(digits, out, *extra):
-    return dcgan_lbt.main(["--data-root", str(digits), "--out", str(out), *TINY, *extra])
+_run = run_example
 
 
 #: The training loop of pytorch/examples' dcgan/main.py as this example writes it, without LBT. Where it differs

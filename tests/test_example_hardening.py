@@ -14,13 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 import dcgan_lbt  # noqa: E402
 import dcgan_support  # noqa: E402
-
-TINY = ["--image-size", "8", "--ngf", "4", "--ndf", "4", "--est-width", "4", "--est-latent", "2", "--nz", "4",
-        "--batch-size", "8", "--k", "1", "--device", "cpu"]
-
+from example_run import SMALLEST, run_example  # noqa: E402
 
 def _run(digits, out, *extra):
-    return dcgan_lbt.main(["--data-root", str(digits), "--out", str(out), *TINY, *extra])
+    return run_example(digits, out, *extra, flags=SMALLEST)
 
 
 @pytest.fixture
@@ -109,7 +106,7 @@ def test_a_diverged_run_stops_at_the_first_non_finite_loss_and_writes_no_checkpo
     netG.load_state_dict(state["netG"])
     with torch.no_grad():
         netG.main[0].weight[0, 0, 0, 0] = float("inf")
-    opt = dcgan_lbt.parse_args(["--out", str(tmp_path), *TINY])
+    opt = dcgan_lbt.parse_args(["--out", str(tmp_path), *SMALLEST])
     with pytest.raises(FloatingPointError, match=r"step 3: \['netG'\]\['main.0.weight'\] holds NaN or inf"):
         dcgan_support.save_checkpoint(ckpt, 3, opt, {"netG": netG}, state["fixed_noise"], state["generator_kwargs"],
                                       torch.device("cpu"))
@@ -174,7 +171,7 @@ def test_the_checks_run_before_any_part_is_loaded(digits, tmp_path, good_checkpo
     state = torch.load(good_checkpoint, weights_only=True)
     state["fixed_noise"] = torch.randn(64, 5, 1, 1)
     bad = tmp_path / "bad.pt"
-    opt = dcgan_lbt.parse_args(["--data-root", str(digits), "--out", str(tmp_path), *TINY, "--steps", "4",
+    opt = dcgan_lbt.parse_args(["--data-root", str(digits), "--out", str(tmp_path), *SMALLEST, "--steps", "4",
                                 "--lbt-weight", "0", "--resume", str(bad)])
     del state["lbt"]
     state["args"]["lbt_weight"] = 0.0  # a DCGAN checkpoint, but for its fixed noise

@@ -15,10 +15,7 @@ from lbt_plugin.metrics import fid, load_channel_classifier, train_channel_class
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 import dcgan_lbt  # noqa: E402
-
-TINY = ["--image-size", "8", "--ngf", "4", "--ndf", "4", "--est-width", "4", "--est-latent", "4", "--nz", "8",
-        "--batch-size", "16", "--k", "2", "--device", "cpu"]
-
+from example_run import TINY  # noqa: E402
 
 class _Payload:
     """Unpickling this runs ``touch marker``: what a malicious pickle does."""
