@@ -61,12 +61,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='size of the LBT gradient relative to the GAN loss\'s (--lbt-only: the loss\'s '  # LBT
                              'factor); 0: DCGAN')  # LBT
     parser.add_argument('--lbt-only', action='store_true', help='pure LBT: no discriminator')  # LBT
-    parser.add_argument('--k', type=int, default=5, help='unrolled estimator steps')  # LBT
+    parser.add_argument('--k', type=int, default=2, help='unrolled estimator steps (the paper: 5)')  # LBT
     parser.add_argument('--teach-steps', type=int, default=1, help='estimator steps per generator step')  # LBT
     parser.add_argument('--backend', choices=['func', 'higher'], default='func')  # LBT
     parser.add_argument('--est-lr', type=float, default=3e-4)  # LBT
-    parser.add_argument('--est-latent', type=int, default=64, help='ConvVAE latent size')  # LBT
-    parser.add_argument('--est-width', type=int, default=32, help='ConvVAE base channels')  # LBT
+    parser.add_argument('--est-latent', type=int, default=16, help='ConvVAE latent size')  # LBT
+    parser.add_argument('--est-width', type=int, default=8, help='ConvVAE base channels')  # LBT
     parser.add_argument('--warmup', type=int, default=0, help='GAN-only steps before the LBT term')  # LBT
     opt = parser.parse_args(argv)
     if opt.image_size % 4 or not 8 <= opt.image_size <= 1024:
