@@ -82,6 +82,8 @@ NAMES = {"dcgan": "DCGAN", "unrolled": "Unrolled GAN", "lbt-gan": "LBT-GAN (fixe
          "lbt-gan-fast-teach3": "LBT-GAN (small estimator, K=2, teach_steps=3, balanced)"}
 #: What the benchmark runs without --methods (docs/results.md's table).
 DEFAULT_METHODS = ("dcgan", "unrolled", "lbt-gan")
+#: ``--steps`` under ``--minutes`` when not given: no cap on the updates, the clock ends the run.
+NO_CAP = 10 ** 12
 #: PacGAN's discriminator widths, against its generator's 8, 16, 32.
 D_WIDTHS = {"quarter": (2, 4, 8), "half": (4, 8, 16), "full": (8, 16, 32)}
 #: The DCGAN discriminator's width as a fraction of the generator's.
@@ -319,7 +321,7 @@ def train(method: str, seed: int, cfg: Config, runs: Path, data_root: Optional[P
     seconds = train_resumable(run, runs / f"{name or method}_seed{seed}.pt", cfg.steps, cfg.eval_every, evaluate,
                               f"{name or method} seed {seed}", progress,
                               budget=None if cfg.minutes is None else 60 * cfg.minutes, evals=cfg.evals)
-    return {"history": run.history, "grid": run.samples(64).cpu(), "seconds": seconds, "steps": run.step_count}
+    return {"history": run.history, "grid": run.samples(64).cpu(), "seconds": seconds}
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -410,7 +412,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.quick:
         args.seeds, args.steps, args.eval_every, args.eval_samples = 1, 200, 100, 2000
     if args.steps is None:
-        args.steps = cfg.steps if args.minutes is None else 10 ** 12
+        args.steps = cfg.steps if args.minutes is None else NO_CAP
     require_positive(p, args, ("seeds", "steps", "eval_every", "eval_samples", "jobs", "evals"))
     if args.minutes is not None and not (0 < args.minutes < float("inf")):
         p.error(f"--minutes must be a positive number of minutes, got {args.minutes}")
@@ -447,7 +449,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     plots(results, args.methods, args.out)
     body = table(results, args.methods, updates=args.minutes is not None)
     budget = f"--steps {args.steps}" if args.minutes is None else f"--minutes {args.minutes:g} --evals {args.evals}"
-    if args.minutes is not None and args.steps != 10 ** 12:
+    if args.minutes is not None and args.steps != NO_CAP:
         budget += f" --steps {args.steps}"
     cmd = f"python benchmarks/stacked_fashion.py --seeds {args.seeds} {budget} --arch {args.arch} --d-width {args.d_width}"
     if args.methods != list(DEFAULT_METHODS):

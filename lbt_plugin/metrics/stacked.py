@@ -264,7 +264,7 @@ def stacked_mode_stats(samples: Tensor, classifier: nn.Module, batch_size: int =
         raise ValueError("samples contain NaN or inf")
     n_classes = classifier.net[-1].out_features if isinstance(classifier, ChannelClassifier) else 10
     device = next(classifier.parameters()).device
-    labels = []
+    preds = []  # [b, 3]: the class of each channel
     if features is not None:
         if not isinstance(classifier, ChannelClassifier):
             raise TypeError("features= needs the ChannelClassifier that computed them (its last layer reads them); "
@@ -275,14 +275,14 @@ def stacked_mode_stats(samples: Tensor, classifier: nn.Module, batch_size: int =
                              f"[{len(samples)}, {3 * head.in_features}]; got {tuple(getattr(features, 'shape', ()))}")
         for i in range(0, len(features), batch_size):
             f = features[i: i + batch_size].to(device)
-            pred = head(f.reshape(-1, head.in_features)).argmax(1).reshape(-1, 3)
-            labels.append((pred[:, 0] * n_classes + pred[:, 1]) * n_classes + pred[:, 2])
-    for i in range(0, len(samples) if features is None else 0, batch_size):
-        chunk = samples[i: i + batch_size].to(device)
-        b = chunk.shape[0]
-        pred = classifier(chunk.reshape(b * 3, 1, *chunk.shape[2:])).argmax(1).reshape(b, 3)
-        labels.append((pred[:, 0] * n_classes + pred[:, 1]) * n_classes + pred[:, 2])
-    modes = torch.cat(labels).cpu()
+            preds.append(head(f.reshape(-1, head.in_features)).argmax(1).reshape(-1, 3))
+    else:
+        for i in range(0, len(samples), batch_size):
+            chunk = samples[i: i + batch_size].to(device)
+            b = chunk.shape[0]
+            preds.append(classifier(chunk.reshape(b * 3, 1, *chunk.shape[2:])).argmax(1).reshape(b, 3))
+    pred = torch.cat(preds).cpu()
+    modes = (pred[:, 0] * n_classes + pred[:, 1]) * n_classes + pred[:, 2]
     counts = torch.bincount(modes, minlength=n_classes**3)
     q = counts.double() / counts.sum()
     kl = float((q[q > 0] * (q[q > 0] * n_classes**3).log()).sum())
