@@ -27,8 +27,8 @@ from lbt_plugin.estimators import ConvVAE  # LBT
 class LBTGAN(L.LightningModule):
     def __init__(self, channels: int = 1, image_size: int = 28, latent_dim: int = 100, width: int = 64,
                  lr: float = 2e-4,
-                 lbt_weight: float = 1.0, k: int = 5, teach_steps: int = 1, est_latent: int = 64,  # LBT
-                 est_width: int = 32,  # LBT
+                 lbt_weight: float = 1.0, k: int = 2, teach_steps: int = 1, est_latent: int = 16,  # LBT
+                 est_width: int = 8,  # LBT: the DCGAN example's estimator and K (docs/estimators.md)
                  ):
         super().__init__()
         self.save_hyperparameters()
