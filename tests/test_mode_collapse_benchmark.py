@@ -40,6 +40,17 @@ def test_a_batched_seed_equals_the_seed_run_alone(method, float64):
     assert not torch.equal(batched.G[0].weight[0], batched.G[0].weight[1])  # the seeds do differ
 
 
+def test_the_defaults_balance_weight_is_set_from_the_command_line():
+    """``--set lbt_weight=W`` reaches every seed's ``LBTLoss`` in the defaults' run and changes the update."""
+    _, cfg = mc.parse_args(["--set", "lbt_weight=0.5"])
+    assert cfg.lbt_weight == 0.5
+    runs = [mc.Run("lbt-gan-defaults", "ring", [0, 1], mc.Config(**TINY, lbt_weight=w)) for w in (1.0, 0.5)]
+    assert [[lbt.weight for lbt in run.lbt.losses] for run in runs] == [[1.0, 1.0], [0.5, 0.5]]
+    for run in runs:
+        run.step()
+    assert not torch.equal(runs[0].G[-1].weight, runs[1].G[-1].weight)
+
+
 @pytest.mark.parametrize("method", mc.METHODS)
 def test_a_run_lives_on_its_device(method):
     """Models, estimator, data, latents and samples on the run's device: 'meta' (shapes only) stands in for a GPU
