@@ -14,8 +14,6 @@ import dcgan_lbt  # noqa: E402
 from example_run import TINY, run_example  # noqa: E402
 from lbt_lines import lbt_names, strip_lbt  # noqa: E402
 
-_run = run_example
-
 
 #: The training loop of pytorch/examples' dcgan/main.py as this example writes it, without LBT. Where it differs
 #: (docs/dcgan.md says why): batches indexed by step (--resume is exact, a function of seed and step) and this
@@ -85,7 +83,7 @@ def test_without_its_lbt_lines_the_example_is_the_plain_dcgan_loop(digits, tmp_p
 
 
 def test_three_steps_write_samples_and_a_loadable_checkpoint(digits, tmp_path):
-    ckpt = _run(digits, tmp_path, "--steps", "3", "--sample-every", "2", "--checkpoint-every", "2")
+    ckpt = run_example(digits, tmp_path, "--steps", "3", "--sample-every", "2", "--checkpoint-every", "2")
     assert sorted(p.name for p in tmp_path.glob("samples_*.png")) == ["samples_000002.png", "samples_000003.png"]
     state = torch.load(ckpt, weights_only=True)
     assert state["step"] == 3 and "lbt" in state
@@ -95,10 +93,11 @@ def test_three_steps_write_samples_and_a_loadable_checkpoint(digits, tmp_path):
 @pytest.mark.parametrize("mode", [[], ["--lbt-only"], ["--lbt-weight", "0"], ["--dataset", "stacked-fashion-mnist"]],
                          ids=["lbt-gan", "lbt-only", "dcgan", "stacked"])
 def test_resume_continues_exactly(digits, tmp_path, mode):
-    one = torch.load(_run(digits, tmp_path / "one", "--steps", "4", *mode), weights_only=True)
-    _run(digits, tmp_path / "two", "--steps", "2", *mode)
-    two = torch.load(_run(digits, tmp_path / "two", "--steps", "4", "--resume", str(tmp_path / "two" / "checkpoint.pt"),
-                          *mode), weights_only=True)
+    one = torch.load(run_example(digits, tmp_path / "one", "--steps", "4", *mode), weights_only=True)
+    run_example(digits, tmp_path / "two", "--steps", "2", *mode)
+    resume = str(tmp_path / "two" / "checkpoint.pt")
+    two = torch.load(run_example(digits, tmp_path / "two", "--steps", "4", "--resume", resume, *mode),
+                     weights_only=True)
     for key in one["netG"]:
         assert torch.equal(one["netG"][key], two["netG"][key]), key
     if "lbt" in one:
@@ -118,28 +117,28 @@ def test_stacked_dataset_has_three_channels(digits):
 
 def test_bad_inputs_fail_clearly(digits, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        _run(tmp_path / "nowhere", tmp_path)
+        run_example(tmp_path / "nowhere", tmp_path)
     with pytest.raises(SystemExit):
         dcgan_lbt.parse_args(["--image-size", "30"])
     try:
         import torch.utils.tensorboard  # noqa: F401
     except ImportError:
         with pytest.raises(SystemExit, match="pip install tensorboard"):
-            _run(digits, tmp_path, "--steps", "1", "--tensorboard")
+            run_example(digits, tmp_path, "--steps", "1", "--tensorboard")
     # a corrupt checkpoint: a clear error, and the good one beside it is untouched
-    ckpt = _run(digits, tmp_path, "--steps", "2")
+    ckpt = run_example(digits, tmp_path, "--steps", "2")
     good = ckpt.read_bytes()
     bad = tmp_path / "bad.pt"
     bad.write_bytes(good[: len(good) // 2])
     with pytest.raises(ValueError, match="cannot read checkpoint"):
-        _run(digits, tmp_path / "resumed", "--steps", "3", "--resume", str(bad))
+        run_example(digits, tmp_path / "resumed", "--steps", "3", "--resume", str(bad))
     assert ckpt.read_bytes() == good
 
 
 def test_resume_refuses_a_checkpoint_it_cannot_continue(digits, tmp_path):
     """Other models, another method, or a finished run: a clear error naming the flag, and nothing written."""
-    ckpt = _run(digits, tmp_path / "lbt", "--steps", "2")
-    dcgan = _run(digits, tmp_path / "dcgan", "--steps", "2", "--lbt-weight", "0")
+    ckpt = run_example(digits, tmp_path / "lbt", "--steps", "2")
+    dcgan = run_example(digits, tmp_path / "dcgan", "--steps", "2", "--lbt-weight", "0")
     before = ckpt.read_bytes()
     cases = [
         (["--resume", str(ckpt), "--steps", "4", "--nz", "9"], r"--nz 8 \(now 9\).*Resume with the same flags"),

@@ -16,6 +16,7 @@ import dcgan_lbt  # noqa: E402
 import dcgan_support  # noqa: E402
 from example_run import SMALLEST, run_example  # noqa: E402
 
+
 def _run(digits, out, *extra):
     return run_example(digits, out, *extra, flags=SMALLEST)
 

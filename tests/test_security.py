@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 import dcgan_lbt  # noqa: E402
 from example_run import TINY  # noqa: E402
 
+
 class _Payload:
     """Unpickling this runs ``touch marker``: what a malicious pickle does."""
 
