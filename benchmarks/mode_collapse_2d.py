@@ -76,6 +76,7 @@ class Config:
     est_std_final: float = 0.125  # annealed geometrically to this over the run (equal: no annealing)
     est_lr: float = 4.0  # SGD step of the estimator, in units of its variance
     lbt_weight: float = 1.0  # LBTLoss weight: the recipe's in nats per dimension; the defaults' balance ratio
+    defaults_teach_steps: int = 1  # the defaults' LBTLoss teach_steps (the package's default; --set ablates it)
     gan_weight: float = 0.05  # LBT-GAN: gan_weight * GAN loss + LBT loss (the authors' lambda 0.1 on the summed term)
     eval_every: int = 1000
     eval_samples: int = 2500  # VEEGAN / PacGAN
@@ -177,18 +178,19 @@ def gan_loss(logits: Tensor, target: float) -> Tensor:
 
 
 class _PerSeed:
-    """One ``LBTLoss(RealNVP(2), k=5, weight=weight)`` per seed (the package's defaults at weight 1, the balance's
-    ratio ``|g_LBT| = weight * |g_GAN|``; ``--set lbt_weight=W`` changes it): each seed's estimator and balance see
+    """One ``LBTLoss(RealNVP(2), k=5, weight=weight, teach_steps=teach_steps)`` per seed (the package's defaults
+    at weight 1 and one teaching step; ``weight`` is the balance's ratio ``|g_LBT| = weight * |g_GAN|``;
+    ``--set lbt_weight=W defaults_teach_steps=N`` changes them): each seed's estimator and balance see
     only its own samples and GAN gradient, so every seed is the run it would be alone. The estimators are
     initialised from seed-specific generators (stream 3)."""
 
-    def __init__(self, seeds: Sequence[int], device: torch.device, weight: float = 1.0):
+    def __init__(self, seeds: Sequence[int], device: torch.device, weight: float = 1.0, teach_steps: int = 1):
         self.losses = []
         for s in seeds:
             with torch.random.fork_rng():
                 torch.manual_seed(1_000_003 * 3 + s)
                 estimator = POINT_ESTIMATORS["flow"]()
-            self.losses.append(LBTLoss(estimator.to(device), k=5, weight=weight))
+            self.losses.append(LBTLoss(estimator.to(device), k=5, weight=weight, teach_steps=teach_steps))
 
     def state_dict(self) -> Dict[str, Any]:
         return {"per_seed": [lbt.state_dict() for lbt in self.losses]}
@@ -227,7 +229,7 @@ class Run(ResumableRun):
             self.lbt = LBTLoss(self.est, k=cfg.k, optimizer=self.e_opt, teach_steps=cfg.teach_steps,
                                weight=cfg.lbt_weight * len(self.seeds))
         if method == "lbt-gan-defaults":
-            self.lbt = _PerSeed(seeds, self.device, cfg.lbt_weight)
+            self.lbt = _PerSeed(seeds, self.device, cfg.lbt_weight, cfg.defaults_teach_steps)
         self.unroll = Unroller(self.D, self.d_opt, k=cfg.k) if method == "unrolled-gan" else None
         self.step_count = 0
         self.history: List[Tuple[int, List[ModeStats]]] = []

@@ -1,10 +1,13 @@
 """The 2-D benchmark: a batched seed is the seed run alone, runs resume exactly, and the script writes its table."""
+import inspect
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from lbt_plugin import LBTLoss
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -40,12 +43,16 @@ def test_a_batched_seed_equals_the_seed_run_alone(method, float64):
     assert not torch.equal(batched.G[0].weight[0], batched.G[0].weight[1])  # the seeds do differ
 
 
-def test_the_defaults_balance_weight_is_set_from_the_command_line():
-    """``--set lbt_weight=W`` reaches every seed's ``LBTLoss`` in the defaults' run and changes the update."""
-    _, cfg = mc.parse_args(["--set", "lbt_weight=0.5"])
-    assert cfg.lbt_weight == 0.5
-    runs = [mc.Run("lbt-gan-defaults", "ring", [0, 1], mc.Config(**TINY, lbt_weight=w)) for w in (1.0, 0.5)]
-    assert [[lbt.weight for lbt in run.lbt.losses] for run in runs] == [[1.0, 1.0], [0.5, 0.5]]
+@pytest.mark.parametrize("field, attribute, default, other",
+                         [("lbt_weight", "weight", 1.0, 0.5), ("defaults_teach_steps", "teach_steps", 1, 3)])
+def test_the_defaults_knobs_are_set_from_the_command_line(field, attribute, default, other):
+    """``--set lbt_weight=W`` and ``--set defaults_teach_steps=N`` reach every seed's ``LBTLoss`` in the defaults'
+    run (the package's own defaults when not set) and change the update."""
+    _, cfg = mc.parse_args(["--set", f"{field}={other}"])
+    assert getattr(cfg, field) == other
+    assert getattr(mc.Config(), field) == default == inspect.signature(LBTLoss).parameters[attribute].default
+    runs = [mc.Run("lbt-gan-defaults", "ring", [0, 1], mc.Config(**TINY, **{field: v})) for v in (default, other)]
+    assert [[getattr(lbt, attribute) for lbt in run.lbt.losses] for run in runs] == [[default] * 2, [other] * 2]
     for run in runs:
         run.step()
     assert not torch.equal(runs[0].G[-1].weight, runs[1].G[-1].weight)
