@@ -184,7 +184,7 @@ class _PerSeed:
     only its own samples and GAN gradient, so every seed is the run it would be alone. The estimators are
     initialised from seed-specific generators (stream 3)."""
 
-    def __init__(self, seeds: Sequence[int], device: torch.device, weight: float = 1.0, teach_steps: int = 1):
+    def __init__(self, seeds: Sequence[int], device: torch.device, weight: float, teach_steps: int):
         self.losses = []
         for s in seeds:
             with torch.random.fork_rng():
