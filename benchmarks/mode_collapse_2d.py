@@ -31,7 +31,7 @@ import time
 from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -40,15 +40,32 @@ from tqdm import tqdm
 from _common import (ResumableRun, add_device_flag, mean_se, plot_mean_se, pool, publish, pyplot, require_positive,
                      train_resumable)
 from lbt_plugin import LBTLoss, Unroller
-from lbt_plugin.estimators import RealNVP
+from lbt_plugin.estimators import GaussianMixture, RealNVP
 from lbt_plugin.metrics import DataMixture, ModeStats, grid, mode_stats, ring
 
 METHODS = ("gan", "unrolled-gan", "lbt", "lbt-gan", "lbt-gan-defaults")
 NAMES = {"gan": "GAN", "unrolled-gan": "Unrolled GAN", "lbt": "LBT", "lbt-gan": "LBT-GAN (recipe)",
          "lbt-gan-defaults": "LBT-GAN (defaults)"}
-#: "lbt-gan-defaults": the README's lines with the package's defaults and its documented point estimator,
-#: ``LBTLoss(RealNVP(2), k=5)(fake, real, gan_loss=g_loss)`` (balanced, weight 1, Adam 3e-4, one teaching step).
-POINT_ESTIMATORS = {"flow": lambda: RealNVP(2)}
+
+
+def _flow(cfg: "Config", extent: float) -> Tuple[nn.Module, Optional[Callable[..., torch.optim.Optimizer]]]:
+    """The package's documented point estimator, taught by LBTLoss's default optimizer (Adam 3e-4)."""
+    return RealNVP(2), None
+
+
+def _mixture(cfg: "Config", extent: float) -> Tuple[nn.Module, Optional[Callable[..., torch.optim.Optimizer]]]:
+    """The recipe's estimator in the package's form: ``GaussianMixture`` of ``components`` fixed stds
+    ``est_std * extent`` (``learn_std=False``; no annealing), means ~ N(0, (extent / 2)^2), taught by SGD at
+    ``est_lr * std^2`` (docs/estimators.md's snippet). Its soft lower bound on log-std moves the std by < 1%."""
+    std = cfg.est_std * extent
+    est = GaussianMixture(2, cfg.components, init_scale=extent / 2, init_std=std, learn_std=False)
+    return est, lambda params: torch.optim.SGD(params, lr=cfg.est_lr * std**2)
+
+
+#: "lbt-gan-defaults": the README's lines, ``LBTLoss(estimator, k=5)(fake, real, gan_loss=g_loss)`` (balanced,
+#: weight 1, one teaching step), with the estimator ``Config.defaults_estimator`` names (``--set
+#: defaults_estimator=mixture``): each entry makes ``(estimator, optimizer factory or None for LBTLoss's)``.
+POINT_ESTIMATORS = {"flow": _flow, "mixture": _mixture}
 DATASETS = {"ring": ring, "grid": grid}
 
 
@@ -77,6 +94,7 @@ class Config:
     est_lr: float = 4.0  # SGD step of the estimator, in units of its variance
     lbt_weight: float = 1.0  # LBTLoss weight: the recipe's in nats per dimension; the defaults' balance ratio
     defaults_teach_steps: int = 1  # the defaults' LBTLoss teach_steps (the package's default; --set ablates it)
+    defaults_estimator: str = "flow"  # the defaults' estimator, a POINT_ESTIMATORS name (--set ablates it)
     gan_weight: float = 0.05  # LBT-GAN: gan_weight * GAN loss + LBT loss (the authors' lambda 0.1 on the summed term)
     eval_every: int = 1000
     eval_samples: int = 2500  # VEEGAN / PacGAN
@@ -178,19 +196,26 @@ def gan_loss(logits: Tensor, target: float) -> Tensor:
 
 
 class _PerSeed:
-    """One ``LBTLoss(RealNVP(2), k=5, weight=weight, teach_steps=teach_steps)`` per seed (the package's defaults
-    at weight 1 and one teaching step; ``weight`` is the balance's ratio ``|g_LBT| = weight * |g_GAN|``;
-    ``--set lbt_weight=W defaults_teach_steps=N`` changes them): each seed's estimator and balance see
-    only its own samples and GAN gradient, so every seed is the run it would be alone. The estimators are
-    initialised from seed-specific generators (stream 3)."""
+    """One ``LBTLoss(estimator, k=5, optimizer=..., weight=cfg.lbt_weight, teach_steps=cfg.defaults_teach_steps)``
+    per seed, the estimator and optimizer from ``POINT_ESTIMATORS[cfg.defaults_estimator]`` (the package's
+    defaults: RealNVP(2), Adam, weight 1, one teaching step; ``weight`` is the balance's ratio ``|g_LBT| = weight *
+    |g_GAN|``; ``--set lbt_weight=W defaults_teach_steps=N defaults_estimator=NAME`` changes them): each seed's
+    estimator and balance see only its own samples and GAN gradient, so every seed is the run it would be alone.
+    The estimators are initialised from seed-specific generators (stream 3)."""
 
-    def __init__(self, seeds: Sequence[int], device: torch.device, weight: float, teach_steps: int):
+    def __init__(self, seeds: Sequence[int], device: torch.device, cfg: Config, extent: float):
+        if cfg.defaults_estimator not in POINT_ESTIMATORS:
+            raise ValueError(f"defaults_estimator must be one of {sorted(POINT_ESTIMATORS)}, "
+                             f"got {cfg.defaults_estimator!r}")
         self.losses = []
         for s in seeds:
             with torch.random.fork_rng():
                 torch.manual_seed(1_000_003 * 3 + s)
-                estimator = POINT_ESTIMATORS["flow"]()
-            self.losses.append(LBTLoss(estimator.to(device), k=5, weight=weight, teach_steps=teach_steps))
+                estimator, make_optimizer = POINT_ESTIMATORS[cfg.defaults_estimator](cfg, extent)
+            estimator = estimator.to(device)
+            optimizer = make_optimizer(estimator.parameters()) if make_optimizer else None
+            self.losses.append(LBTLoss(estimator, k=5, optimizer=optimizer, weight=cfg.lbt_weight,
+                                       teach_steps=cfg.defaults_teach_steps))
 
     def state_dict(self) -> Dict[str, Any]:
         return {"per_seed": [lbt.state_dict() for lbt in self.losses]}
@@ -229,7 +254,7 @@ class Run(ResumableRun):
             self.lbt = LBTLoss(self.est, k=cfg.k, optimizer=self.e_opt, teach_steps=cfg.teach_steps,
                                weight=cfg.lbt_weight * len(self.seeds))
         if method == "lbt-gan-defaults":
-            self.lbt = _PerSeed(seeds, self.device, cfg.lbt_weight, cfg.defaults_teach_steps)
+            self.lbt = _PerSeed(seeds, self.device, cfg, float(self.mixture.centers.abs().max()))
         self.unroll = Unroller(self.D, self.d_opt, k=cfg.k) if method == "unrolled-gan" else None
         self.step_count = 0
         self.history: List[Tuple[int, List[ModeStats]]] = []
@@ -421,6 +446,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
         name, _, value = item.partition("=")
         if name not in fields or not value:
             p.error(f"--set takes FIELD=VALUE with FIELD one of {sorted(fields)}, got {item!r}")
+        if name == "defaults_estimator":
+            if value not in POINT_ESTIMATORS:
+                p.error(f"--set {item}: defaults_estimator is one of {sorted(POINT_ESTIMATORS)}")
+            setattr(cfg, name, value)
+            continue
         try:
             parsed = type(getattr(cfg, name))(float(value)) if name != "betas" else tuple(map(float, value.split(",")))
         except ValueError:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lbt_plugin import LBTLoss
+from lbt_plugin.estimators import GaussianMixture, RealNVP
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -56,6 +57,36 @@ def test_the_defaults_knobs_are_set_from_the_command_line(field, attribute, defa
     for run in runs:
         run.step()
     assert not torch.equal(runs[0].G[-1].weight, runs[1].G[-1].weight)
+
+
+def test_the_defaults_estimator_is_chosen_from_the_command_line(capsys):
+    """``--set defaults_estimator=mixture`` gives every seed's ``LBTLoss`` the recipe's estimator in the package's
+    form: a fixed-std ``GaussianMixture`` (std ``est_std`` times the data's extent) taught by SGD at ``est_lr *
+    std^2``; the default is the documented ``RealNVP`` with LBTLoss's Adam; a name not in the table is refused."""
+    assert mc.Config().defaults_estimator == "flow"
+    _, cfg = mc.parse_args(["--set", "defaults_estimator=mixture"])
+    assert cfg.defaults_estimator == "mixture"
+    with pytest.raises(SystemExit):
+        mc.parse_args(["--set", "defaults_estimator=vae"])
+    assert "defaults_estimator is one of ['flow', 'mixture']" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="defaults_estimator must be one of"):
+        mc.Run("lbt-gan-defaults", "grid", [0], mc.Config(**TINY, defaults_estimator="vae"))
+    runs = {name: mc.Run("lbt-gan-defaults", "grid", [0, 1], mc.Config(**TINY, defaults_estimator=name))
+            for name in ("flow", "mixture")}
+    extent = float(runs["mixture"].mixture.centers.abs().max())
+    std = mc.Config().est_std * extent
+    for lbt in runs["mixture"].lbt.losses:
+        est, opt = lbt.estimator, lbt.unroller.optimizer
+        assert isinstance(est, GaussianMixture) and "log_std" not in dict(est.named_parameters())
+        torch.testing.assert_close(est._log_std().exp(), torch.full_like(est.log_std, std), rtol=0.01, atol=0)
+        assert type(opt) is torch.optim.SGD and opt.param_groups[0]["lr"] == pytest.approx(4.0 * std**2)
+        assert est.loc.shape == (TINY["components"], 2)
+    assert not torch.equal(*(lbt.estimator.loc for lbt in runs["mixture"].lbt.losses))  # one init per seed
+    for lbt in runs["flow"].lbt.losses:
+        assert isinstance(lbt.estimator, RealNVP) and type(lbt.unroller.optimizer) is torch.optim.Adam
+    for run in runs.values():
+        run.step()
+    assert not torch.equal(runs["flow"].G[-1].weight, runs["mixture"].G[-1].weight)
 
 
 @pytest.mark.parametrize("method", mc.METHODS)
