@@ -87,8 +87,14 @@ class LBTLoss:
             parameters, buffers and optimizer state exactly as they were.
         weight: with ``gan_loss`` passed to the call (LBT-GAN, balanced): the ratio of the
             LBT term's gradient norm to the GAN loss's at the samples, ``|g_LBT| = weight *
-            |g_GAN|``, held at every step. Without it: the factor of the returned loss
-            (``lambda`` of the paper's fixed form; see ``reduction``).
+            |g_GAN|``, held at every step (or on average, see ``smoothing``). Without it: the
+            factor of the returned loss (``lambda`` of the paper's fixed form; see ``reduction``).
+        smoothing: with ``gan_loss``: ``0`` (default) holds the ratio ``weight`` at every
+            step; ``beta`` in ``(0, 1)`` holds it between running averages of the two norms
+            (decay ``beta`` per backward pass, about ``1 / (1 - beta)`` steps), so that within
+            them the LBT part keeps its own variation: larger where the estimator explains the
+            data worse. The averages are part of :meth:`state_dict`
+            (:mod:`lbt_plugin._impl.balance`).
         reduction: ``"mean"`` (default): nats per data dimension,
             ``-sum_n log p_E(x_n) / (N * D)`` with ``D`` the number of elements of one
             data sample, so that ``weight`` means the same at every data size.
@@ -148,6 +154,7 @@ class LBTLoss:
         lr: float = 3e-4,
         teach_steps: int = 1,
         weight: float = 1.0,
+        smoothing: float = 0.0,
         reduction: str = "mean",
         backend: str = "func",
         truncate: Optional[int] = None,
@@ -172,6 +179,10 @@ class LBTLoss:
             raise ValueError(f"teach_steps must be an integer >= 0, got {teach_steps!r}")
         if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
             raise ValueError(f"weight must be a finite number, got {weight!r}")
+        if (isinstance(smoothing, bool) or not isinstance(smoothing, numbers.Real)
+                or not 0 <= smoothing < 1):
+            raise ValueError(f"smoothing must be a number in [0, 1) (0: the ratio held at every step; 0.99: "
+                             f"on average over about 100 steps), got {smoothing!r}")
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
@@ -190,6 +201,9 @@ class LBTLoss:
         if self.distributed:
             _dist.broadcast_module_(estimator)  # every rank starts from rank 0's estimator
         self.k, self.teach_steps, self.weight, self.backend = k, teach_steps, weight, backend
+        self.smoothing = float(smoothing)
+        # running averages of |g_GAN| and |g_LBT| at the samples (smoothing > 0); zeros: none seen yet
+        self._averages = torch.zeros(2, device=self._first_parameter.device)
         self.reduction = reduction
         self.latent, self.batch_size, self.resample = latent, batch_size, resample
         self.check_finite = check_finite
@@ -288,8 +302,13 @@ class LBTLoss:
         batches = [fake] + [draw() for _ in range(self.k - 1)] if self.resample else [fake]
         if gan_sq is not None:
             reduce = _dist.sum_ if self.distributed else None
-            batches = list(_balance.scale_to_ratio(torch.cat(batches), gan_sq, self.weight, reduce)
-                           .split(fake.shape[0]))
+            averages = None
+            if self.smoothing:
+                if self._averages.device != gan_sq.device:
+                    self._averages = self._averages.to(gan_sq.device)
+                averages = self._averages
+            batches = list(_balance.scale_to_ratio(torch.cat(batches), gan_sq, self.weight, reduce, averages,
+                                                   self.smoothing).split(fake.shape[0]))
         view, inner = self.unroller._unroll(
             lambda e, t: -checks.log_prob(e, batches[t if self.resample else 0], "an unrolled step").mean())
         for t, loss in enumerate(inner):
@@ -312,8 +331,9 @@ class LBTLoss:
 
     # -- checkpointing --------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        """The estimator's and its optimizer's state, for checkpoints."""
-        return {"estimator": self.estimator.state_dict(), "optimizer": self.optimizer.state_dict()}
+        """The estimator's and its optimizer's state, and the balance's running averages, for checkpoints."""
+        return {"estimator": self.estimator.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "balance": self._averages.detach().clone()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Load :meth:`state_dict` output. The optimizer state is copied:
@@ -321,6 +341,11 @@ class LBTLoss:
         Raises ``ValueError`` naming what does not fit, with nothing loaded."""
         if not isinstance(state, dict) or not {"estimator", "optimizer"} <= set(state):
             raise ValueError("an LBTLoss state must be a dict with 'estimator' and 'optimizer' (LBTLoss.state_dict())")
+        averages = state.get("balance", torch.zeros(2))  # absent from checkpoints written before smoothing
+        if (not isinstance(averages, Tensor) or averages.shape != (2,) or not averages.is_floating_point()
+                or not bool(torch.isfinite(averages).all()) or bool((averages < 0).any())):
+            raise ValueError("the LBT state's 'balance' must be a float tensor of 2 finite norms >= 0, got "
+                             f"{averages!r}")
         backup = Snapshot(self.estimator, self.optimizer)
         keys = [set(g) for g in self.optimizer.param_groups]
         try:
@@ -340,6 +365,7 @@ class LBTLoss:
         except Exception as exc:
             backup.restore()
             raise ValueError(f"the LBT state does not fit this estimator or optimizer: {exc}") from None
+        self._averages = averages.detach().to(self._averages.device, torch.float32, copy=True)
 
     def __getstate__(self) -> Dict[str, Any]:
         state = dict(self.__dict__)
@@ -352,7 +378,8 @@ class LBTLoss:
 
     def __repr__(self) -> str:
         return (f"LBTLoss({type(self.estimator).__name__}, k={self.k}, optimizer={type(self.optimizer).__name__}, "
-                f"teach_steps={self.teach_steps}, weight={self.weight}, reduction={self.reduction!r}, "
+                f"teach_steps={self.teach_steps}, weight={self.weight}, smoothing={self.smoothing}, "
+                f"reduction={self.reduction!r}, "
                 f"backend={self.backend!r})")
 
 

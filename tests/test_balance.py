@@ -2,6 +2,7 @@
 loss's in norm, exactly; its share of G's update stays in a band where the fixed form drifts; the GAN gradient
 survives bf16 autocast; errors name the fix."""
 import copy
+import io
 import math
 
 import pytest
@@ -185,3 +186,70 @@ def test_a_zero_gan_gradient_gives_a_zero_lbt_gradient_and_no_nan():
     loss = LBTLoss(est, k=2)(fake, torch.randn(16, 2), gan_loss=0.0 * fake.sum())
     g, = torch.autograd.grad(loss, fake)
     assert torch.equal(g, torch.zeros_like(g))
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.9])
+def test_smoothing_holds_the_ratio_of_running_averages_of_the_two_norms(smoothing):
+    """The estimator does not change between calls (``teach_steps=0``; the unroll is functional), so the LBT
+    gradient's own norm ``l`` is the same at every call while the GAN loss's is scaled by ``s_t``. Per step
+    (``smoothing=0``) the LBT part's norm is ``weight * s_t * g``; with smoothing it is ``weight * l *
+    mean_beta(s g) / mean_beta(l)``, the weighted mean ``sum_i beta^(t-i) s_i g / sum_i beta^(t-i)`` (the
+    zero-started averages' bias cancels in their ratio, so the first call is the per-step one)."""
+    torch.manual_seed(0)
+    fake, data = torch.randn(32, 2, requires_grad=True), torch.randn(32, 2) + 1
+    lbt = LBTLoss(TinyCoupling(2, 16), k=2, teach_steps=0, weight=0.5, smoothing=smoothing)
+    scales = [1.0, 10.0, 100.0, 0.1, 3.0]
+    g = None
+    for t, s in enumerate(scales):
+        gan = s * (fake**2).sum()
+        g_gan, = torch.autograd.grad(gan, fake, retain_graph=True)
+        g = g_gan.norm().item() / s if g is None else g
+        g_lbt, = torch.autograd.grad(lbt(fake, data, gan_loss=gan), fake)
+        w = [smoothing ** (t - i) for i in range(t + 1)]
+        expected = 0.5 * g * sum(wi * si for wi, si in zip(w, scales)) / sum(w)
+        assert g_lbt.norm().item() == pytest.approx(expected, rel=1e-5), (t, s)
+    averages = lbt.state_dict()["balance"]
+    assert (averages.abs().sum() > 0) == (smoothing > 0)  # per step, the averages stay unused
+
+
+def test_the_running_averages_resume_from_a_checkpoint_and_a_bad_one_is_refused():
+    torch.manual_seed(0)
+    fake, data = torch.randn(16, 2, requires_grad=True), torch.randn(16, 2)
+    est = TinyCoupling(2, 8)
+
+    def norm_at(lbt, s):
+        gan = s * (fake**2).sum()
+        g, = torch.autograd.grad(lbt(fake, data, gan_loss=gan), fake)
+        return g.norm().item()
+
+    whole = LBTLoss(copy.deepcopy(est), k=2, smoothing=0.9)
+    for s in (1.0, 50.0):
+        norm_at(whole, s)
+    state = whole.state_dict()
+    resumed = LBTLoss(copy.deepcopy(est), k=2, smoothing=0.9)
+    resumed.load_state_dict(torch.load(_saved(state), weights_only=True))
+    expected = norm_at(whole, 0.2)
+    assert norm_at(resumed, 0.2) == pytest.approx(expected, rel=1e-6)
+    assert norm_at(LBTLoss(copy.deepcopy(est), k=2, smoothing=0.9), 0.2) < expected / 10  # without the history
+    old = {key: value for key, value in state.items() if key != "balance"}  # a checkpoint from before smoothing
+    fresh = LBTLoss(copy.deepcopy(est), k=2, smoothing=0.9)
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.state_dict()["balance"], torch.zeros(2))
+    before = copy.deepcopy(fresh.estimator.state_dict())
+    for bad in (torch.tensor([1.0, float("nan")]), torch.ones(3), torch.tensor([-1.0, 1.0]), [1.0, 1.0]):
+        with pytest.raises(ValueError, match="'balance' must be a float tensor of 2 finite norms"):
+            fresh.load_state_dict({**state, "balance": bad})
+    assert all(torch.equal(a, b) for a, b in zip(before.values(), fresh.estimator.state_dict().values()))
+
+
+def _saved(state):
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, float("nan"), True, "0.9"])
+def test_smoothing_outside_0_1_is_refused_naming_the_range(bad):
+    with pytest.raises(ValueError, match=r"smoothing must be a number in \[0, 1\)"):
+        LBTLoss(TinyCoupling(2, 8), k=2, smoothing=bad)

@@ -31,7 +31,9 @@ def _batches():
 
 def _train(gen, est, batches, backend, balanced, rank=0, world=1):
     g_opt = torch.optim.Adam(gen.parameters(), lr=1e-2)
-    lbt = LBTLoss(est, k=3, teach_steps=2, backend=backend, lr=1e-2, weight=0.5 if balanced else 1.0)
+    smoothing = balanced if isinstance(balanced, float) else 0.0  # a float: the balance's running averages
+    lbt = LBTLoss(est, k=3, teach_steps=2, backend=backend, lr=1e-2, weight=0.5 if balanced else 1.0,
+                  smoothing=smoothing)
     critic = torch.nn.Linear(2, 1)  # a fixed critic, the same on every rank
     with torch.no_grad():
         critic.weight.copy_(torch.tensor([[0.7, -0.4]]))
@@ -55,8 +57,9 @@ def _worker(rank, world, init_file, out, backend, balanced):
         torch.set_num_threads(1)
         gen, est = _models(estimator_seed=100 + rank)  # different on purpose: rank 0's is broadcast
         ddp = DDP(gen)
-        _train(ddp, est, _batches(), backend, balanced, rank, world)
-        torch.save({"gen": gen.state_dict(), "est": est.state_dict()}, os.path.join(out, f"rank{rank}.pt"))
+        lbt = _train(ddp, est, _batches(), backend, balanced, rank, world)
+        torch.save({"gen": gen.state_dict(), "est": est.state_dict(), "balance": lbt.state_dict()["balance"]},
+                   os.path.join(out, f"rank{rank}.pt"))
     finally:
         # DDP's reducer must be freed before its process group: a wrapper that outlives
         # destroy_process_group() aborted the process at exit in about 1 run in 3
@@ -66,16 +69,23 @@ def _worker(rank, world, init_file, out, backend, balanced):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("backend, balanced", [("higher", False), ("func", False), ("func", True)],
-                         ids=["higher", "func", "func-balanced"])
+@pytest.mark.parametrize("backend, balanced", [("higher", False), ("func", False), ("func", True), ("func", 0.5)],
+                         ids=["higher", "func", "func-balanced", "func-balanced-smoothed"])
 def test_two_ranks_are_identical_and_match_one_process(tmp_path, backend, balanced):
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), backend, balanced), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     for part in ("gen", "est"):
         for key in r0[part]:
             assert torch.equal(r0[part][key], r1[part][key]), (part, key)
+    assert torch.equal(r0["balance"], r1["balance"])
+    assert bool((r0["balance"] > 0).all()) == isinstance(balanced, float)
     gen, est = _models(estimator_seed=100)
-    _train(gen, est, _batches(), backend, balanced)
+    lbt = _train(gen, est, _batches(), backend, balanced)
+    # each rank's losses are means over its half of the batch, so the rank-summed norms are twice one process's;
+    # the balance's scale is their ratio, which is the same
+    ratio = lbt.state_dict()["balance"]
+    if isinstance(balanced, float):
+        torch.testing.assert_close(r0["balance"][0] / r0["balance"][1], ratio[0] / ratio[1], rtol=1e-4, atol=0)
     for key, value in gen.state_dict().items():
         torch.testing.assert_close(r0["gen"][key], value, rtol=1e-4, atol=1e-5, msg=key)
     for key, value in est.state_dict().items():

@@ -17,6 +17,15 @@ where both are at hand without a second backward pass through the generator). :m
 backward pass from the LBT gradient as it arrives, in float32, without a host synchronisation; under
 ``torch.distributed`` the two squared norms are summed over ranks, so every rank applies the same :math:`c`
 and W ranks equal one process on the global batch.
+
+With smoothing :math:`\\beta > 0`, the norms in :math:`c` are running averages over the calls,
+:math:`\\bar n_t = \\beta\\, \\bar n_{t-1} + (1-\\beta)\\, n_t` from :math:`\\bar n_0 = 0` (both averages carry the
+same start-up bias, which cancels in their ratio: the first call's :math:`c` is the per-step one). The ratio
+:math:`\\lambda` then holds on average over about :math:`1/(1-\\beta)` calls, and within them the LBT part keeps its
+own variation relative to the GAN part: larger where the estimator, fitted to the generator, explains the data
+worse. With :math:`\\beta = 0` (per step) the generator can only stop where the two gradients are opposite, whatever
+their lengths; with a slowly moving :math:`c` it stops where the weighted sum's gradient vanishes, as in the
+paper's fixed form.
 """
 from __future__ import annotations
 
@@ -30,31 +39,43 @@ Reduce = Optional[Callable[[Tensor], Any]]
 
 
 class _ScaleToRatio(torch.autograd.Function):
-    """Identity forward; backward scales the incoming gradient to ``ratio`` times the GAN gradient's norm."""
+    """Identity forward; backward scales the incoming gradient to ``ratio`` times the GAN gradient's norm (or, with
+    ``averages``, to ``ratio`` times the ratio of the running averages of the two norms)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, gan_sq: Tensor, ratio: float, reduce: Reduce) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, gan_sq: Tensor, ratio: float, reduce: Reduce,  # type: ignore[override]
+                averages: Optional[Tensor], smoothing: float) -> Tensor:
         ctx.save_for_backward(gan_sq)
-        ctx.ratio, ctx.reduce = ratio, reduce
+        ctx.ratio, ctx.reduce, ctx.averages, ctx.smoothing = ratio, reduce, averages, smoothing
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], None, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], None, None, None, None, None]:  # type: ignore[override]
         (gan_sq,) = ctx.saved_tensors
-        squares = torch.stack([grad.detach().float().pow(2).sum(), gan_sq.float()])
+        squares = torch.stack([gan_sq.float(), grad.detach().float().pow(2).sum()])
         if ctx.reduce is not None:
             ctx.reduce(squares)
-        lbt_sq, gan_sq = squares.unbind()
-        scale = torch.where(lbt_sq > 0, ctx.ratio * (gan_sq / lbt_sq.clamp_min(torch.finfo(torch.float32).tiny))
-                            .sqrt(), torch.zeros_like(lbt_sq))
-        return grad * scale.to(grad.dtype), None, None, None
+        tiny = torch.finfo(torch.float32).tiny
+        if ctx.averages is None:  # per step
+            gan_sq, lbt_sq = squares.unbind()
+            scale = torch.where(lbt_sq > 0, ctx.ratio * (gan_sq / lbt_sq.clamp_min(tiny)).sqrt(),
+                                torch.zeros_like(lbt_sq))
+        else:  # running averages of [|g_GAN|, |g_LBT|], updated in place: the same on every rank
+            ctx.averages.mul_(ctx.smoothing).add_(squares.sqrt(), alpha=1 - ctx.smoothing)
+            gan, lbt = ctx.averages.unbind()
+            scale = torch.where(lbt > 0, ctx.ratio * gan / lbt.clamp_min(tiny), torch.zeros_like(lbt))
+        return grad * scale.to(grad.dtype), None, None, None, None, None
 
 
-def scale_to_ratio(x: Tensor, gan_sq: Tensor, ratio: float, reduce: Reduce = None) -> Tensor:
+def scale_to_ratio(x: Tensor, gan_sq: Tensor, ratio: float, reduce: Reduce = None,
+                   averages: Optional[Tensor] = None, smoothing: float = 0.0) -> Tensor:
     """``x``, whose gradient in the backward pass is rescaled to ``ratio * sqrt(gan_sq)`` in L2 norm.
 
-    ``gan_sq`` is the squared L2 norm of the GAN loss's gradient at the samples (a 0-d tensor, detached)."""
-    return _ScaleToRatio.apply(x, gan_sq.detach(), float(ratio), reduce)
+    ``gan_sq`` is the squared L2 norm of the GAN loss's gradient at the samples (a 0-d tensor, detached).
+    ``averages`` (float32 ``[2]``, the running averages of the GAN and LBT gradients' norms, zeros before the
+    first call) turns on smoothing: the backward pass updates them in place with decay ``smoothing`` and scales
+    by their ratio instead (the module docstring)."""
+    return _ScaleToRatio.apply(x, gan_sq.detach(), float(ratio), reduce, averages, float(smoothing))
 
 
 def gan_gradient_sq(gan_loss: Any, samples: Tensor, where: str) -> Tensor:
