@@ -48,7 +48,7 @@ def _ring(n):
     return torch.stack([angle.cos(), angle.sin()], 1) * 2 + 0.02 * torch.randn(n, 2)
 
 
-def _wgan_gp_parameter_ratios(balanced, steps=20):
+def _wgan_gp_parameter_ratios(balanced, steps=20, smoothing=0.0):
     """caogang/wgan-gp's toy loop in miniature (MLP G and critic, 5 critic steps with gradient penalty per G
     step, Adam(1e-4, (0.5, 0.9))), with the README's lines: |grad_G LBT| / |grad_G GAN| (L2) at every G step."""
     torch.manual_seed(0)
@@ -56,7 +56,7 @@ def _wgan_gp_parameter_ratios(balanced, steps=20):
     D = nn.Sequential(nn.Linear(2, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
     g_opt = torch.optim.Adam(G.parameters(), 1e-4, betas=(0.5, 0.9))
     d_opt = torch.optim.Adam(D.parameters(), 1e-4, betas=(0.5, 0.9))
-    lbt = LBTLoss(GaussianMixture(2, 8), k=5)
+    lbt = LBTLoss(GaussianMixture(2, 8), k=5, smoothing=smoothing)
     ratios = []
     for _ in range(steps):
         for _ in range(5):
@@ -81,12 +81,14 @@ def _wgan_gp_parameter_ratios(balanced, steps=20):
     return ratios
 
 
-def test_in_a_wgan_gp_loop_the_share_stays_in_a_band_where_the_fixed_form_leaves_it():
+@pytest.mark.parametrize("smoothing", [0.0, 0.99])
+def test_in_a_wgan_gp_loop_the_share_stays_in_a_band_where_the_fixed_form_leaves_it(smoothing):
     """At the samples the ratio is exact (test above); on G's parameters both gradients pass through the same
     Jacobian, which can weigh the two directions differently: within a decade of ``weight`` is the band
-    (measured 0.63 to 1.0 here). The fixed form with a Gaussian mixture sits at 0.01-0.08 (the issue's table:
-    0.085, then 6e-4 as the critic grows)."""
-    balanced = _wgan_gp_parameter_ratios(True)
+    (measured 0.63 to 1.0 here per step, 0.34 to 1.5 with ``smoothing=0.99``, whose ratio holds on average). The
+    fixed form with a Gaussian mixture sits at 0.01-0.08 (the issue's table: 0.085, then 6e-4 as the critic
+    grows)."""
+    balanced = _wgan_gp_parameter_ratios(True, smoothing=smoothing)
     assert all(0.1 < r < 10 for r in balanced), balanced
     fixed = _wgan_gp_parameter_ratios(False)
     assert sum(not 0.1 < r < 10 for r in fixed) >= len(fixed) // 2, fixed  # the control leaves the band
