@@ -95,6 +95,7 @@ class Config:
     lbt_weight: float = 1.0  # LBTLoss weight: the recipe's in nats per dimension; the defaults' balance ratio
     defaults_teach_steps: int = 1  # the defaults' LBTLoss teach_steps (the package's default; --set ablates it)
     defaults_estimator: str = "flow"  # the defaults' estimator, a POINT_ESTIMATORS name (--set ablates it)
+    defaults_smoothing: float = 0.0  # the defaults' LBTLoss smoothing (the package's default; --set ablates it)
     gan_weight: float = 0.05  # LBT-GAN: gan_weight * GAN loss + LBT loss (the authors' lambda 0.1 on the summed term)
     eval_every: int = 1000
     eval_samples: int = 2500  # VEEGAN / PacGAN
@@ -196,10 +197,11 @@ def gan_loss(logits: Tensor, target: float) -> Tensor:
 
 
 class _PerSeed:
-    """One ``LBTLoss(estimator, k=5, optimizer=..., weight=cfg.lbt_weight, teach_steps=cfg.defaults_teach_steps)``
-    per seed, the estimator and optimizer from ``POINT_ESTIMATORS[cfg.defaults_estimator]`` (the package's
-    defaults: RealNVP(2), Adam, weight 1, one teaching step; ``weight`` is the balance's ratio ``|g_LBT| = weight *
-    |g_GAN|``; ``--set lbt_weight=W defaults_teach_steps=N defaults_estimator=NAME`` changes them): each seed's
+    """One ``LBTLoss(estimator, k=5, optimizer=..., weight=cfg.lbt_weight, teach_steps=cfg.defaults_teach_steps,
+    smoothing=cfg.defaults_smoothing)`` per seed, the estimator and optimizer from
+    ``POINT_ESTIMATORS[cfg.defaults_estimator]`` (the package's defaults: RealNVP(2), Adam, weight 1, one teaching
+    step, the ratio held per step; ``weight`` is the balance's ratio ``|g_LBT| = weight * |g_GAN|``; ``--set
+    lbt_weight=W defaults_teach_steps=N defaults_estimator=NAME defaults_smoothing=B`` changes them): each seed's
     estimator and balance see only its own samples and GAN gradient, so every seed is the run it would be alone.
     The estimators are initialised from seed-specific generators (stream 3)."""
 
@@ -215,7 +217,7 @@ class _PerSeed:
             estimator = estimator.to(device)
             optimizer = make_optimizer(estimator.parameters()) if make_optimizer else None
             self.losses.append(LBTLoss(estimator, k=5, optimizer=optimizer, weight=cfg.lbt_weight,
-                                       teach_steps=cfg.defaults_teach_steps))
+                                       teach_steps=cfg.defaults_teach_steps, smoothing=cfg.defaults_smoothing))
 
     def state_dict(self) -> Dict[str, Any]:
         return {"per_seed": [lbt.state_dict() for lbt in self.losses]}

@@ -45,16 +45,19 @@ def test_a_batched_seed_equals_the_seed_run_alone(method, float64):
 
 
 @pytest.mark.parametrize("field, attribute, default, other",
-                         [("lbt_weight", "weight", 1.0, 0.5), ("defaults_teach_steps", "teach_steps", 1, 3)])
+                         [("lbt_weight", "weight", 1.0, 0.5), ("defaults_teach_steps", "teach_steps", 1, 3),
+                          ("defaults_smoothing", "smoothing", 0.0, 0.9)])
 def test_the_defaults_knobs_are_set_from_the_command_line(field, attribute, default, other):
-    """``--set lbt_weight=W`` and ``--set defaults_teach_steps=N`` reach every seed's ``LBTLoss`` in the defaults'
-    run (the package's own defaults when not set) and change the update."""
+    """``--set lbt_weight=W``, ``defaults_teach_steps=N`` and ``defaults_smoothing=B`` reach every seed's ``LBTLoss``
+    in the defaults' run (the package's own defaults when not set) and change the updates (smoothing from the second:
+    its first step is the per-step one)."""
     _, cfg = mc.parse_args(["--set", f"{field}={other}"])
     assert getattr(cfg, field) == other
     assert getattr(mc.Config(), field) == default == inspect.signature(LBTLoss).parameters[attribute].default
     runs = [mc.Run("lbt-gan-defaults", "ring", [0, 1], mc.Config(**TINY, **{field: v})) for v in (default, other)]
     assert [[getattr(lbt, attribute) for lbt in run.lbt.losses] for run in runs] == [[default] * 2, [other] * 2]
     for run in runs:
+        run.step()
         run.step()
     assert not torch.equal(runs[0].G[-1].weight, runs[1].G[-1].weight)
 
