@@ -439,10 +439,14 @@ def _check_fields(state: Dict[str, Any], opt: argparse.Namespace, parts: Dict[st
         elif isinstance(part, nn.Module):
             _check_tensors(name, part.state_dict(), state[name])
         elif hasattr(part, "estimator") and hasattr(part, "optimizer"):  # LBTLoss: the estimator and its optimizer
-            if not isinstance(state[name], dict) or set(state[name]) != {"estimator", "optimizer"}:
-                raise ValueError(f"{name} must hold 'estimator' and 'optimizer'")
+            # 'balance' (the balance's running averages) is absent from checkpoints written before it existed
+            if not isinstance(state[name], dict) or not (
+                    {"estimator", "optimizer"} <= set(state[name]) <= {"estimator", "optimizer", "balance"}):
+                raise ValueError(f"{name} must hold 'estimator' and 'optimizer' (and 'balance'), nothing else")
             _check_tensors(f"{name}['estimator']", part.estimator.state_dict(), state[name]["estimator"])
             _check_optimizer(f"{name}['optimizer']", part.optimizer, state[name]["optimizer"])
+            if "balance" in state[name]:
+                _check_tensor(f"{name}['balance']", state[name]["balance"], (2,), torch.float32)
         else:
             raise TypeError(f"no check for a part {name} of type {type(part).__name__}")
     _check_tensor("rng", state["rng"], torch.get_rng_state().shape, torch.uint8)
