@@ -146,6 +146,8 @@ FIELDS = [  # (where, the damaged value from the good state, what the error name
      r"lbt\['estimator'\]\['encoder.0.weight'\] holds NaN"),
     (("lbt", "optimizer", "param_groups", 0, "lr"), lambda s: float("nan"),
      r"lbt\['optimizer'\] param group 0: lr=nan"),
+    (("lbt", "balance"), lambda s: torch.tensor([1.0, float("nan")]), r"lbt\['balance'\] holds NaN"),
+    (("lbt", "balance"), lambda s: torch.zeros(3), r"lbt\['balance'\] is a torch.float32 tensor of shape \(3,\)"),
 ]
 
 
