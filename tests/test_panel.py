@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -28,3 +29,28 @@ def test_the_fixed_form_is_out_of_balance_in_the_image_loops(digits):
     for loop in ("pytorchgan_wgan_gp", "lightning_gan"):
         fixed = share.ratios(loop, {}, "fixed", 2, 0, str(digits))
         assert all(r > 10 for r in fixed.values()), (loop, fixed)
+
+
+@pytest.mark.parametrize("dataset, half_width, noise", [("ring", 1.0, 0.01), ("grid", 4.0, 0.05)])
+def test_the_2d_loops_fixed_std_mixture_is_the_snippet_at_the_datas_scale(dataset, half_width, noise):
+    """docs/estimators.md's snippet as the panel builds it: std an eighth of the data's half-width measured on 4,096
+    samples (ring radius 1, grid half-width 4, plus the modes' own noise: under 6 of its stds, P > 1 - 1e-5 for
+    8,192 coordinates), fixed; SGD at 4 std^2; 10 teaching steps."""
+    from lbt_plugin.metrics import grid, ring
+    target = {"ring": ring, "grid": grid}[dataset]()
+    torch.manual_seed(0)
+    est, options = share.load_loop("mlp_2d").ESTIMATORS["mixture-sgd"](target.sample)
+    stds = est.log_std.exp()
+    assert not est.log_std.requires_grad
+    assert bool((stds >= half_width / 8).all() and (stds <= (half_width + 6 * noise) / 8).all()), stds
+    opt = options["optimizer"]
+    assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["params"] == list(est.parameters())
+    assert opt.param_groups[0]["lr"] == pytest.approx(4 * stds[0, 0].item() ** 2, rel=0.02)
+    assert options["teach_steps"] == 10
+
+
+def test_the_2d_loop_trains_with_every_point_estimator():
+    loop = share.load_loop("mlp_2d")
+    for name in loop.ESTIMATORS:
+        out = loop.train("grid", 0, 3, "balanced", 1.0, name, k=2, batch=32)
+        assert out["n_modes"] == 25 and 0 <= out["modes"] <= 25 and 0.0 <= out["high_quality"] <= 1.0, (name, out)
