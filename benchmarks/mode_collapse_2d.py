@@ -56,7 +56,8 @@ def _flow(cfg: "Config", extent: float) -> Tuple[nn.Module, Optional[Callable[..
 def _mixture(cfg: "Config", extent: float) -> Tuple[nn.Module, Optional[Callable[..., torch.optim.Optimizer]]]:
     """The recipe's estimator in the package's form: ``GaussianMixture`` of ``components`` fixed stds
     ``est_std * extent`` (``learn_std=False``; no annealing), means ~ N(0, (extent / 2)^2), taught by SGD at
-    ``est_lr * std^2`` (docs/estimators.md's snippet). Its soft lower bound on log-std widens the std by 2% on the ring, 0.5% on the grid."""
+    ``est_lr * std^2`` (docs/estimators.md's snippet). Its soft lower bound on log-std widens the std by 2% on the
+    ring, 0.5% on the grid."""
     std = cfg.est_std * extent
     est = GaussianMixture(2, cfg.components, init_scale=extent / 2, init_std=std, learn_std=False)
     return est, lambda params: torch.optim.SGD(params, lr=cfg.est_lr * std**2)
