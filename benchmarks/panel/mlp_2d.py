@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
