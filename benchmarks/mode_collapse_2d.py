@@ -13,9 +13,10 @@ learning rate, number of updates; see ``Config`` and docs/results.md) we say so.
 
 All seeds of one method train as one batched model: every parameter has a leading seed
 dimension, layers are batched matrix products, and each loss is the *sum* over seeds of
-the per-seed loss, so every seed's gradients are exactly those of the seed run alone
-(``tests/test_mode_collapse_benchmark.py`` checks it). One ``LBTLoss`` call teaches and
-unrolls the estimators of all seeds at once.
+the per-seed loss, so every seed's gradients are those of the seed run alone in exact
+arithmetic (``tests/test_mode_collapse_benchmark.py`` checks it in float64; in float32 a
+seed's rounding can depend on how many seeds share the batch, and training amplifies it).
+One ``LBTLoss`` call teaches and unrolls the estimators of all seeds at once.
 
 Every run checkpoints to ``--runs`` at each evaluation; an interrupted benchmark continues
 where it stopped and rebuilds the table from what is done. The table, a plot of modes,
