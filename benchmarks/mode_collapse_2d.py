@@ -98,6 +98,7 @@ class Config:
     defaults_teach_steps: int = 1  # the defaults' LBTLoss teach_steps (the package's default; --set ablates it)
     defaults_estimator: str = "flow"  # the defaults' estimator, a POINT_ESTIMATORS name (--set ablates it)
     defaults_smoothing: float = 0.0  # the defaults' LBTLoss smoothing (the package's default; --set ablates it)
+    defaults_weight_decay: bool = False  # the defaults' ratio follows the learning rates' schedule (lbt_weight * it)
     gan_weight: float = 0.05  # LBT-GAN: gan_weight * GAN loss + LBT loss (the authors' lambda 0.1 on the summed term)
     eval_every: int = 1000
     eval_samples: int = 2500  # VEEGAN / PacGAN
@@ -203,7 +204,8 @@ class _PerSeed:
     smoothing=cfg.defaults_smoothing)`` per seed, the estimator and optimizer from
     ``POINT_ESTIMATORS[cfg.defaults_estimator]`` (the package's defaults: RealNVP(2), Adam, weight 1, one teaching
     step, the ratio held per step; ``weight`` is the balance's ratio ``|g_LBT| = weight * |g_GAN|``; ``--set
-    lbt_weight=W defaults_teach_steps=N defaults_estimator=NAME defaults_smoothing=B`` changes them): each seed's
+    lbt_weight=W defaults_teach_steps=N defaults_estimator=NAME defaults_smoothing=B`` changes them, and
+    ``defaults_weight_decay=1`` scales the ratio by the learning rates' schedule at every step): each seed's
     estimator and balance see only its own samples and GAN gradient, so every seed is the run it would be alone.
     The estimators are initialised from seed-specific generators (stream 3)."""
 
@@ -301,6 +303,9 @@ class Run(ResumableRun):
         elif self.method == "lbt-gan":
             g_loss = cfg.gan_weight * gan_loss(self.D(fake), 1.0)
         elif self.method == "lbt-gan-defaults":
+            if cfg.defaults_weight_decay:  # the ratio decays as the learning rates do (to 0 with lr_final=0)
+                for lbt in self.lbt.losses:
+                    lbt.weight = cfg.lbt_weight * scale
             # each seed's samples as their own tensor, so that the GAN loss's gradient at them is that seed's
             parts = fake.unbind(0)
             g_loss = gan_loss(self.D(torch.stack(parts)), 1.0)
@@ -335,7 +340,9 @@ class Run(ResumableRun):
                 "seeds": self.seeds, "config": dataclasses.asdict(self.cfg)}
 
     def check_state(self, state: Dict[str, Any]) -> None:
-        if state["seeds"] != self.seeds or state["config"] != dataclasses.asdict(self.cfg):
+        # a field added to Config after the checkpoint was written reads as its default there
+        written = {**dataclasses.asdict(Config()), **state["config"]}
+        if state["seeds"] != self.seeds or written != dataclasses.asdict(self.cfg):
             raise ValueError("the checkpoint was written with other seeds or another Config; use another --runs")
 
     def load_extra_state(self, state: Dict[str, Any]) -> None:
@@ -454,6 +461,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
             if value not in POINT_ESTIMATORS:
                 p.error(f"--set {item}: defaults_estimator is one of {sorted(POINT_ESTIMATORS)}")
             setattr(cfg, name, value)
+            continue
+        if isinstance(getattr(cfg, name), bool):
+            if value.lower() not in ("0", "1", "true", "false"):
+                p.error(f"--set {item}: {name} is 0 or 1")
+            setattr(cfg, name, value.lower() in ("1", "true"))
             continue
         try:
             parsed = type(getattr(cfg, name))(float(value)) if name != "betas" else tuple(map(float, value.split(",")))

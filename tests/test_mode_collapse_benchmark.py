@@ -62,6 +62,26 @@ def test_the_defaults_knobs_are_set_from_the_command_line(field, attribute, defa
     assert not torch.equal(runs[0].G[-1].weight, runs[1].G[-1].weight)
 
 
+def test_the_ratio_can_follow_the_learning_rates_schedule():
+    """``--set defaults_weight_decay=1``: every seed's ratio is ``lbt_weight`` times the learning rates' factor at the
+    step (1 at the first, 0 at the last with ``lr_final=0``); anything but 0/1/true/false is refused."""
+    assert mc.parse_args(["--set", "defaults_weight_decay=1"])[1].defaults_weight_decay is True
+    assert mc.parse_args(["--set", "defaults_weight_decay=false"])[1].defaults_weight_decay is False
+    with pytest.raises(SystemExit):
+        mc.parse_args(["--set", "defaults_weight_decay=0.5"])
+    cfg = mc.Config(**{**TINY, "steps": 5}, lbt_weight=2.0, defaults_weight_decay=True)
+    run = mc.Run("lbt-gan-defaults", "ring", [0, 1], cfg)
+    seen = []
+    for _ in range(5):
+        run.step()
+        seen.append([lbt.weight for lbt in run.lbt.losses])
+    assert seen == [[2.0 * (1 - i / 4)] * 2 for i in range(5)]
+    constant = mc.Run("lbt-gan-defaults", "ring", [0, 1], mc.Config(**{**TINY, "steps": 5}, lbt_weight=2.0))
+    for _ in range(2):
+        constant.step()
+    assert [lbt.weight for lbt in constant.lbt.losses] == [2.0, 2.0]
+
+
 def test_the_defaults_estimator_is_chosen_from_the_command_line(capsys):
     """``--set defaults_estimator=mixture`` gives every seed's ``LBTLoss`` the recipe's estimator in the package's
     form: a fixed-std ``GaussianMixture`` (std ``est_std`` times the data's extent) taught by SGD at ``est_lr *
@@ -120,6 +140,23 @@ def test_an_interrupted_run_continues_exactly(tmp_path, interrupt_step):
         [[x.modes for x in stats] for _, stats in resumed["history"]]
     with pytest.raises(ValueError, match="other seeds or another Config"):
         mc.train("lbt-gan", "ring", [0, 1], mc.Config(**{**TINY, "lr": 0.5}), tmp_path, progress=False)
+
+
+def test_a_checkpoint_from_before_a_new_field_continues(tmp_path, interrupt_step):
+    """A field added to Config later reads as its default in an older checkpoint; set otherwise, it is refused."""
+    cfg = mc.Config(**TINY)
+    restore = interrupt_step(mc.Run, 4)
+    with pytest.raises(KeyboardInterrupt):
+        mc.train("gan", "ring", [0], cfg, tmp_path, progress=False)
+    restore()
+    path = tmp_path / "ring_gan.pt"
+    state = torch.load(path, weights_only=True)
+    del state["config"]["defaults_weight_decay"]  # as written before the field existed
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="another Config"):
+        mc.train("gan", "ring", [0], mc.Config(**TINY, defaults_weight_decay=True), tmp_path, progress=False)
+    resumed = mc.train("gan", "ring", [0], cfg, tmp_path, progress=False)
+    assert [s for s, _ in resumed["history"]] == [2, 4, 6]
 
 
 def test_benchmark_script_end_to_end(tmp_path):
