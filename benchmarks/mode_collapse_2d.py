@@ -512,7 +512,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         where = f"on {args.device}"
     footer = (f"\n\n{args.seeds} seeds (per seed: modes / high-quality %), {cfg.steps} generator updates per run, "
               f"{cfg.eval_samples} samples per evaluation; minutes: training time of the run (all seeds batched, "
-              f"{where}). {minutes:.1f} min wall clock for this command, {args.jobs} run(s) at a "
+              f"{where}). {minutes:.1f} min wall clock for this command, {min(args.jobs, len(tasks))} run(s) at a "
               f"time. Command: `{cmd}`")
     publish(body + footer, args.results, args.table)
     print(f"plots in {args.out}/")
