@@ -89,6 +89,7 @@ class LBTLoss:
             LBT term's gradient norm to the GAN loss's at the samples, ``|g_LBT| = weight *
             |g_GAN|``, held at every step (or on average, see ``smoothing``). Without it: the
             factor of the returned loss (``lambda`` of the paper's fixed form; see ``reduction``).
+            ``lbt.weight = w`` between calls changes it, e.g. to follow a learning-rate schedule.
         smoothing: with ``gan_loss``: ``0`` (default) holds the ratio ``weight`` at every
             step; ``beta`` in ``(0, 1)`` holds it between running averages of the two norms
             (decay ``beta`` per backward pass, about ``1 / (1 - beta)`` steps), so that within
@@ -177,8 +178,7 @@ class LBTLoss:
             raise ValueError(f"{type(estimator).__name__} has no parameters: there is nothing to teach")
         if isinstance(teach_steps, bool) or not isinstance(teach_steps, int) or teach_steps < 0:
             raise ValueError(f"teach_steps must be an integer >= 0, got {teach_steps!r}")
-        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
-            raise ValueError(f"weight must be a finite number, got {weight!r}")
+        _check_weight(weight)
         if (isinstance(smoothing, bool) or not isinstance(smoothing, numbers.Real)
                 or not 0 <= smoothing < 1):
             raise ValueError(f"smoothing must be a number in [0, 1) (0: the ratio held at every step; 0.99: "
@@ -316,6 +316,16 @@ class LBTLoss:
         return view
 
     @property
+    def weight(self) -> float:
+        """The balance's ratio (with ``gan_loss``) or the loss's factor (without); may be set between calls."""
+        return self._weight
+
+    @weight.setter
+    def weight(self, value: float) -> None:
+        _check_weight(value)
+        self._weight = value
+
+    @property
     def _first_parameter(self) -> Tensor:
         return next(self.estimator.parameters())
 
@@ -373,6 +383,8 @@ class LBTLoss:
         return state
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
+        if "weight" in state:  # pickled before ``weight`` became a checked property
+            state["_weight"] = state.pop("weight")
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
@@ -384,6 +396,11 @@ class LBTLoss:
 
 
 # -- helpers ---------------------------------------------------------------------------
+def _check_weight(weight: Any) -> None:
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
+        raise ValueError(f"weight must be a finite number, got {weight!r}")
+
+
 def _uncompiled(module: Any) -> Any:
     """The original module of a ``torch.compile``'d one (its parameters are the same tensors)."""
     original = getattr(module, "_orig_mod", None)

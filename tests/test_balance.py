@@ -255,3 +255,28 @@ def _saved(state):
 def test_smoothing_outside_0_1_is_refused_naming_the_range(bad):
     with pytest.raises(ValueError, match=r"smoothing must be a number in \[0, 1\)"):
         LBTLoss(TinyCoupling(2, 8), k=2, smoothing=bad)
+
+
+def test_the_ratio_set_between_calls_is_the_one_held_and_a_bad_one_is_refused_leaving_it():
+    """``lbt.weight = w`` between calls (a schedule, as the 2-D benchmark's ``defaults_weight_decay``): the next
+    balanced call holds ``|g_LBT| = w |g_GAN|`` at the samples; a non-finite or non-number is refused, the old kept."""
+    torch.manual_seed(0)
+    G, D = TinyGenerator(4, 2, 16), nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1))
+    lbt = LBTLoss(TinyCoupling(2, 16), k=2)
+    data = torch.randn(32, 2) + 1
+    for weight in (1.0, 0.25, 3):
+        lbt.weight = weight
+        fake = G(torch.randn(32, 4))
+        gan = nn.functional.softplus(-D(fake)).mean()
+        g_gan, = torch.autograd.grad(gan, fake, retain_graph=True)
+        g_lbt, = torch.autograd.grad(lbt(fake, data, gan_loss=gan), fake)
+        assert g_lbt.norm().item() == pytest.approx(weight * g_gan.norm().item(), rel=1e-5)
+    for bad in (float("inf"), "2", True, None):
+        with pytest.raises(ValueError, match="weight must be a finite number"):
+            lbt.weight = bad
+        assert lbt.weight == 3
+    old = lbt.__getstate__()  # as pickled before ``weight`` was a property: a plain attribute
+    old["weight"] = old.pop("_weight")
+    restored = LBTLoss.__new__(LBTLoss)
+    restored.__setstate__(old)
+    assert restored.weight == 3 and "weight" not in vars(restored)
