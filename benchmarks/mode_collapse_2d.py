@@ -464,7 +464,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
             continue
         if isinstance(getattr(cfg, name), bool):
             if value.lower() not in ("0", "1", "true", "false"):
-                p.error(f"--set {item}: {name} is 0 or 1")
+                p.error(f"--set {item}: {name} is 0, 1, true or false")
             setattr(cfg, name, value.lower() in ("1", "true"))
             continue
         try:

@@ -155,7 +155,14 @@ def test_a_checkpoint_from_before_a_new_field_continues(tmp_path, interrupt_step
     torch.save(state, path)
     with pytest.raises(ValueError, match="another Config"):
         mc.train("gan", "ring", [0], mc.Config(**TINY, defaults_weight_decay=True), tmp_path, progress=False)
-    resumed = mc.train("gan", "ring", [0], cfg, tmp_path, progress=False)
+    steps = []
+    original = mc.Run.step
+    mc.Run.step = lambda run: (steps.append(run.step_count), original(run))[1]
+    try:
+        resumed = mc.train("gan", "ring", [0], cfg, tmp_path, progress=False)
+    finally:
+        mc.Run.step = original
+    assert steps == [2, 3, 4, 5]  # continued from the checkpoint at 2, not from the start
     assert [s for s, _ in resumed["history"]] == [2, 4, 6]
 
 
