@@ -142,7 +142,7 @@ def test_an_interrupted_run_continues_exactly(tmp_path, interrupt_step):
         mc.train("lbt-gan", "ring", [0, 1], mc.Config(**{**TINY, "lr": 0.5}), tmp_path, progress=False)
 
 
-def test_a_checkpoint_from_before_a_new_field_continues(tmp_path, interrupt_step):
+def test_a_checkpoint_from_before_a_new_field_continues(tmp_path, interrupt_step, monkeypatch):
     """A field added to Config later reads as its default in an older checkpoint; set otherwise, it is refused."""
     cfg = mc.Config(**TINY)
     restore = interrupt_step(mc.Run, 4)
@@ -155,13 +155,14 @@ def test_a_checkpoint_from_before_a_new_field_continues(tmp_path, interrupt_step
     torch.save(state, path)
     with pytest.raises(ValueError, match="another Config"):
         mc.train("gan", "ring", [0], mc.Config(**TINY, defaults_weight_decay=True), tmp_path, progress=False)
-    steps = []
-    original = mc.Run.step
-    mc.Run.step = lambda run: (steps.append(run.step_count), original(run))[1]
-    try:
-        resumed = mc.train("gan", "ring", [0], cfg, tmp_path, progress=False)
-    finally:
-        mc.Run.step = original
+    steps, step = [], mc.Run.step
+
+    def counted(run):
+        steps.append(run.step_count)
+        step(run)
+
+    monkeypatch.setattr(mc.Run, "step", counted)
+    resumed = mc.train("gan", "ring", [0], cfg, tmp_path, progress=False)
     assert steps == [2, 3, 4, 5]  # continued from the checkpoint at 2, not from the start
     assert [s for s, _ in resumed["history"]] == [2, 4, 6]
 
