@@ -434,6 +434,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="seeds are first-seed ... first-seed + seeds - 1 (default 0): more seeds of a finished run")
     p.add_argument("--steps", type=int, default=cfg.steps, help="generator updates per run")
     p.add_argument("--eval-every", type=int, default=cfg.eval_every)
     p.add_argument("--quick", action="store_true", help="2 seeds, 2000 updates: a minutes-long look")
@@ -452,6 +454,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     if args.quick:
         args.seeds, args.steps, args.eval_every = 2, 2000, 500
     require_positive(p, args, ("seeds", "steps", "eval_every", "jobs", "threads"))
+    if args.first_seed < 0:
+        p.error(f"--first-seed {args.first_seed}: must be >= 0")
+    args.seed_list = list(range(args.first_seed, args.first_seed + args.seeds))
     fields = {f.name: f for f in dataclasses.fields(Config)}
     for item in args.set:
         name, _, value = item.partition("=")
@@ -479,7 +484,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args, cfg = parse_args(argv)
     t0 = time.time()
-    seeds = list(range(args.seeds))
+    seeds = args.seed_list
     tasks = [(ds, m) for m in args.methods for ds in args.datasets]
     results: Dict[Tuple[str, str], Dict] = {}
     with pool(args.jobs) as workers:
@@ -498,6 +503,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     minutes = (time.time() - t0) / 60
     body = table(results, args.methods, args.datasets)
     cmd = f"python benchmarks/mode_collapse_2d.py --seeds {args.seeds} --steps {args.steps}"
+    if args.first_seed:
+        cmd += f" --first-seed {args.first_seed}"
     if args.methods != list(METHODS):
         cmd += " --methods " + " ".join(args.methods)
     if args.datasets != list(DATASETS):
@@ -510,7 +517,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if torch.device(args.device).type != "cpu":
         cmd += f" --device {args.device}"
         where = f"on {args.device}"
-    footer = (f"\n\n{args.seeds} seeds (per seed: modes / high-quality %), {cfg.steps} generator updates per run, "
+    which = f" ({seeds[0]} to {seeds[-1]})" if args.first_seed else ""
+    footer = (f"\n\n{args.seeds} seeds{which} (per seed: modes / high-quality %), {cfg.steps} generator updates per run, "
               f"{cfg.eval_samples} samples per evaluation; minutes: training time of the run (all seeds batched, "
               f"{where}). {minutes:.1f} min wall clock for this command, {min(args.jobs, len(tasks))} run(s) at a "
               f"time. Command: `{cmd}`")

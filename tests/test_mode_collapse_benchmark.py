@@ -200,3 +200,21 @@ def test_benchmark_script_rejects_bad_arguments():
     with pytest.raises(SystemExit):
         mc.parse_args(["--device", "gpu0"])  # argparse prints: 'gpu0' is not a device: cpu, cuda, cuda:1, ...
     assert mc.parse_args([])[0].device == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_first_seed_runs_further_seeds_and_says_so(tmp_path):
+    """``--first-seed 3 --seeds 2`` trains seeds 3 and 4 (more seeds for a finished run), and the table's footer and
+    command say which; a negative first seed is refused before anything runs."""
+    args, _ = mc.parse_args(["--seeds", "2", "--first-seed", "3"])
+    assert args.seed_list == [3, 4]
+    assert mc.parse_args(["--seeds", "2"])[0].seed_list == [0, 1]
+    with pytest.raises(SystemExit):
+        mc.parse_args(["--first-seed", "-1"])
+    results = tmp_path / "results.md"
+    mc.main(["--steps", "2", "--eval-every", "2", "--seeds", "1", "--first-seed", "2", "--methods", "gan",
+             "--datasets", "ring", "--jobs", "1", "--device", "cpu", "--out", str(tmp_path / "img"),
+             "--results", str(results), "--runs", str(tmp_path / "runs"), "--table", "t",
+             "--set", "g_hidden=8", "d_units=4", "eval_samples=100"])
+    text = results.read_text()
+    assert "1 seeds (2 to 2)" in text and "--seeds 1 --steps 2 --first-seed 2" in text
+    assert torch.load(tmp_path / "runs" / "ring_gan.pt", weights_only=True)["seeds"] == [2]
