@@ -11,8 +11,10 @@ import abc
 import argparse
 import math
 import multiprocessing as mp
+import os
 import re
 import sys
+import threading
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from pathlib import Path
@@ -160,8 +162,26 @@ class _Inline(Executor):
 
 
 def pool(jobs: int) -> Executor:
-    """``jobs`` worker processes (spawned: each run starts from a fresh interpreter), or this process for 1."""
-    return ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) if jobs > 1 else _Inline()
+    """``jobs`` worker processes (spawned: each run starts from a fresh interpreter), or this process for 1.
+
+    A worker exits within about a second of its parent's death (``kill`` of the benchmark's process, not only
+    Ctrl-C of its process group): an orphaned worker would otherwise train on for hours, taking a core and
+    writing the checkpoint that a restarted benchmark continues from."""
+    if jobs == 1:
+        return _Inline()
+    return ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_exit_with_parent,
+                               initargs=(os.getpid(),))
+
+
+def _exit_with_parent(parent: int, every: float = 0.5) -> None:
+    """In a worker: a daemon thread that ends the process once its parent ``parent`` is gone."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 # ----------------------------------------------------------------------------- reporting

@@ -1,5 +1,6 @@
 """benchmarks/_common.py: the helpers every benchmark relies on for its tables."""
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -80,3 +81,42 @@ def test_an_equal_time_budget_stops_runs_of_any_cost_at_the_same_clock(monkeypat
                                    budget=60.0, evals=4) == seconds and resumed.step_count == run.step_count
     with pytest.raises(ValueError, match="budget must be > 0"):
         _common.train_resumable(run, None, 1, 1, lambda s: {}, "t", progress=False, budget=0.0)
+
+
+def _gone(pid: int) -> bool:
+    """True once ``pid`` has exited (no such process, or a zombie waiting for whoever adopted it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_pool_workers_exit_when_the_benchmark_is_killed():
+    """``kill`` of a benchmark (SIGKILL: no clean-up at all) ends its workers too, in the middle of a task, instead of
+    leaving them to train on and write checkpoints."""
+    import signal
+    import subprocess
+    import time
+
+    script = ("import sys, time; sys.path.insert(0, sys.argv[1]); import _common\n"
+              "ex = _common.pool(2); fs = [ex.submit(time.sleep, 600) for _ in range(2)]\n"
+              "while len(ex._processes) < 2: time.sleep(0.05)\n"
+              "time.sleep(1); print(*ex._processes, flush=True); time.sleep(600)\n")
+    workers: list = []
+    parent = subprocess.Popen([sys.executable, "-c", script, str(ROOT / "benchmarks")], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        workers = [int(p) for p in parent.stdout.readline().split()]
+        assert len(workers) == 2 and not any(_gone(p) for p in workers)  # both busy in their 600 s task
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while not all(_gone(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(_gone(p) for p in workers), "a worker outlived the benchmark's process"
+    finally:
+        parent.kill()
+        for pid in workers:  # where the test failed: no sleeping orphans left behind
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
