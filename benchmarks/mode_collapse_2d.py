@@ -517,7 +517,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if torch.device(args.device).type != "cpu":
         cmd += f" --device {args.device}"
         where = f"on {args.device}"
-    which = f" ({seeds[0]} to {seeds[-1]})" if args.first_seed else ""
+    which = f": {seeds[0]} to {seeds[-1]}" if args.first_seed else ""
     footer = (f"\n\n{args.seeds} seeds{which} (per seed: modes / high-quality %), {cfg.steps} generator updates per run, "
               f"{cfg.eval_samples} samples per evaluation; minutes: training time of the run (all seeds batched, "
               f"{where}). {minutes:.1f} min wall clock for this command, {min(args.jobs, len(tasks))} run(s) at a "

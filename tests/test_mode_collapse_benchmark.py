@@ -216,5 +216,5 @@ def test_first_seed_runs_further_seeds_and_says_so(tmp_path):
              "--results", str(results), "--runs", str(tmp_path / "runs"), "--table", "t",
              "--set", "g_hidden=8", "d_units=4", "eval_samples=100"])
     text = results.read_text()
-    assert "1 seeds (2 to 2)" in text and "--seeds 1 --steps 2 --first-seed 2" in text
+    assert "1 seeds: 2 to 2 (per seed" in text and "--seeds 1 --steps 2 --first-seed 2" in text
     assert torch.load(tmp_path / "runs" / "ring_gan.pt", weights_only=True)["seeds"] == [2]
